@@ -1,0 +1,44 @@
+"""The ``mtmm-train`` entry point (also ``python -m mtmm_train``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mtmm_train.errors import UserError
+from mtmm_train.recipe import TrainRecipe
+
+log = logging.getLogger("mtmm_train")
+
+EXIT_USER_ERROR = 2
+
+
+def run(cfg: DictConfig) -> float:
+    """Train as ``cfg`` says; return the best value of the monitored metric."""
+    output_dir = HydraConfig.get().runtime.output_dir
+    recipe = TrainRecipe(cfg, output_dir)
+    recipe.setup()
+    return recipe.train()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mtmm_train.configs", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except UserError as e:
+        # A user mistake: one line, no traceback, a distinct exit status.
+        print(f"mtmm-train: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Small CNN encoder for image-like tensors (C, H, W)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mtmm_train.batch import ModalitySpec
+from mtmm_train.encoders.base import Encoder
+
+
+class CNNEncoder(Encoder):
+    """Blocks of (conv 3x3, BatchNorm, ReLU) x ``convs_per_block``, then 2x2 max-pool.
+
+    Tokens are the positions of the last feature map, projected to ``out_dim``.
+
+    Args:
+        modality: the modality spec (passed in by the recipe).
+        out_dim: output size D.
+        channels: output channels of each block.
+        convs_per_block: convolutions per block.
+        batch_norm: use BatchNorm after each convolution.
+    """
+
+    def __init__(self, modality: ModalitySpec, out_dim: int = 64, channels: tuple[int, ...] = (16, 32),
+                 convs_per_block: int = 1, batch_norm: bool = True) -> None:
+        super().__init__(modality, kinds=("image",))
+        self.out_dim = out_dim
+        layers: list[nn.Module] = []
+        c_in = modality.shape[0]
+        for c_out in channels:
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+                layers += [nn.BatchNorm2d(c_out)] if batch_norm else []
+                layers += [nn.ReLU(inplace=True)]
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        self.net = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.net(x).mean((2, 3)))  # (B, D): pooling commutes with the projection
+
+    def tokens(self, x: Tensor) -> Tensor:
+        return self.proj(self.net(x).flatten(2).transpose(1, 2))  # (B, H'W', D)

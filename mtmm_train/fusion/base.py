@@ -1,0 +1,60 @@
+"""The fusion contract and the helpers the pooling fusions share."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Fusion(nn.Module):
+    """Base of all fusion methods.
+
+    A fusion maps per-modality embeddings ``embs[m]`` ``(B, D_m)`` (or tokens ``(B, L_m, D_m)``
+    when ``wants_tokens``) and presence masks ``present[m]`` ``(B,)`` to one representation
+    ``(B, out_dim)``. Absent modalities must not influence the result. ``out_dim`` is
+    computed from ``in_dims``, never typed by the user.
+
+    Args:
+        in_dims: modality -> embedding size, in the model's modality order.
+    """
+
+    wants_tokens: bool = False
+    out_dim: int
+
+    def __init__(self, in_dims: dict[str, int]) -> None:
+        super().__init__()
+        self.modalities = list(in_dims)
+        self.in_dims = dict(in_dims)
+
+    def forward(self, embs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_dims={self.in_dims}, out_dim={self.out_dim}"
+
+
+class ProjectedFusion(Fusion):
+    """A fusion that first projects every modality to a common size ``dim``.
+
+    Args:
+        in_dims: modality -> embedding size.
+        dim: the common size; ``None`` keeps the size when all modalities share it and
+            otherwise projects to the largest.
+    """
+
+    always_project: bool = False
+
+    def __init__(self, in_dims: dict[str, int], dim: int | None = None) -> None:
+        super().__init__(in_dims)
+        sizes = set(in_dims.values())
+        needs_projection = self.always_project or dim is not None or len(sizes) > 1
+        self.out_dim = dim if dim is not None else max(sizes)
+        self.proj = nn.ModuleDict({
+            m: nn.Linear(d, self.out_dim) if needs_projection else nn.Identity() for m, d in in_dims.items()
+        })
+
+    def stacked(self, embs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Projected embeddings ``(B, M, D)`` and the presence mask ``(B, M, 1)`` as floats."""
+        z = torch.stack([self.proj[m](embs[m]) for m in self.modalities], 1)
+        mask = torch.stack([present[m] for m in self.modalities], 1).unsqueeze(-1).to(z.dtype)
+        return z, mask

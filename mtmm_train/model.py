@@ -1,0 +1,92 @@
+"""The multi-modal, multi-task model: encoders -> fusion -> MTL architecture -> heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtmm_train.encoders.base import Encoder
+from mtmm_train.errors import check
+from mtmm_train.fusion.base import Fusion
+from mtmm_train.mtl.base import MTLArchitecture
+
+MISSING_POLICIES = ("ignore", "learned")
+
+
+class MultiModalModel(nn.Module):
+    """Composes the parts; ``forward(inputs, present) -> (preds, shared)``.
+
+    Args:
+        encoders: modality -> encoder.
+        fusion: fuses the encoders' outputs (pooled, or tokens if ``fusion.wants_tokens``).
+        mtl: the multi-task architecture on the fused representation.
+        heads: task -> head on the task's features.
+        missing: ``"ignore"``: fusion skips absent modalities (by the masks);
+            ``"learned"``: an absent modality's embedding is replaced by a learned vector and
+            the fusion sees every modality as present.
+        modality_dropout: in training, drop each present modality of a sample with this
+            probability (never all of a sample's modalities).
+    """
+
+    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, mtl: MTLArchitecture,
+                 heads: dict[str, nn.Module], missing: str = "ignore", modality_dropout: float = 0.0) -> None:
+        super().__init__()
+        check(missing in MISSING_POLICIES,
+              f"model.missing must be one of {', '.join(MISSING_POLICIES)}, found '{missing}'")
+        check(0.0 <= modality_dropout < 1.0, f"model.modality_dropout must be in [0, 1), found {modality_dropout}")
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.mtl = mtl
+        self.heads = nn.ModuleDict(heads)
+        self.missing = missing
+        self.modality_dropout = modality_dropout
+        if missing == "learned":
+            self.missing_embeddings = nn.ParameterDict({
+                m: nn.Parameter(torch.zeros(e.out_dim)) for m, e in encoders.items()
+            })
+
+    def drop_modalities(self, present: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Randomly drop present modalities, keeping at least one per sample."""
+        names = list(present)
+        p = torch.stack([present[m] for m in names], 1)  # (B, M)
+        keep = torch.rand(p.shape, device=p.device) >= self.modality_dropout
+        dropped = p & keep
+        # A sample that would lose all its modalities keeps what it had.
+        dropped = torch.where(dropped.any(1, keepdim=True), dropped, p)
+        return {m: dropped[:, i] for i, m in enumerate(names)}
+
+    def embed(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Encode every modality; apply the missing-modality policy."""
+        tokens = self.fusion.wants_tokens
+        embs = {m: (enc.tokens(inputs[m]) if tokens else enc(inputs[m])) for m, enc in self.encoders.items()}
+        if self.missing == "learned":
+            for m in embs:
+                mask = present[m].view(-1, *([1] * (embs[m].dim() - 1)))
+                embs[m] = torch.where(mask, embs[m], self.missing_embeddings[m].to(embs[m].dtype))
+            present = {m: torch.ones_like(p) for m, p in present.items()}
+        return embs, present
+
+    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """Predict every task.
+
+        Args:
+            inputs: modality -> ``(B, *shape)``.
+            present: modality -> bool ``(B,)``.
+
+        Returns:
+            ``(preds, shared)``: task -> head output ``(B, dim)``, and the last shared tensor.
+        """
+        if self.training and self.modality_dropout > 0:
+            present = self.drop_modalities(present)
+        embs, present = self.embed(inputs, present)
+        z = self.fusion(embs, present)  # (B, D)
+        features, shared = self.mtl(z)
+        preds = {t: head(features[t]) for t, head in self.heads.items()}
+        return preds, shared
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task depends on: encoders, fusion and the MTL architecture's shared part."""
+        params = [p for p in self.encoders.parameters()] + [p for p in self.fusion.parameters()]
+        if self.missing == "learned":
+            params += list(self.missing_embeddings.parameters())
+        return params + self.mtl.shared_parameters()

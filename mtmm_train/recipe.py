@@ -1,0 +1,414 @@
+"""The training recipe: ``setup()`` builds everything, ``train()`` loops, ``evaluate()`` measures.
+
+Read top to bottom. The step itself (forward, losses, balancer) is :func:`training_step`;
+the optimizer update is :meth:`TrainRecipe.optimizer_step`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mtmm_train import checkpoint
+from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.batch import Batch
+from mtmm_train.builders import build
+from mtmm_train.config import LoggerConfig, TrainerConfig, check_names, check_trainer, typed
+from mtmm_train.data import InMemoryLoader, MultiModalData
+from mtmm_train.errors import UserError
+from mtmm_train.model import MultiModalModel
+from mtmm_train.optim import param_groups
+from mtmm_train.tasks import TASK_TYPES, Task
+from mtmm_train.tensorboard import TensorBoard, format_results
+
+log = logging.getLogger("mtmm_train")
+
+AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, batch: Batch,
+                  autocast: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
+                  shared_params: list[nn.Parameter], step: int, loss_scale: float) -> tuple[Tensor, Tensor]:
+    """Forward, per-task losses, and the balancer's backward for one (micro-)batch.
+
+    Returns:
+        ``(losses, weights)``: detached ``(T,)`` tensors in task order, still on the device.
+    """
+    with autocast:
+        preds, shared = model(batch.inputs, batch.present)
+        losses = {t: task.loss(preds[t], batch.targets[t], batch.labeled[t]) * loss_scale
+                  for t, task in tasks.items()}
+    ctx = BalanceContext(shared, shared_params, {t: batch.labeled[t].sum() for t in tasks}, scaler, step)
+    weights = balancer.backward(losses, ctx)
+    return (torch.stack([losses[t] for t in tasks]).detach() / loss_scale,
+            torch.stack([weights[t] for t in tasks]).detach().float())
+
+
+class TrainRecipe:
+    """Trains one multi-modal, multi-task model as the config describes.
+
+    Args:
+        cfg: the composed config (``configs/train.yaml`` and its groups).
+        output_dir: the run folder (checkpoints, TensorBoard, ``metrics.json``).
+    """
+
+    def __init__(self, cfg: DictConfig, output_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.ckpt_dir = self.output_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Build every component in dependency order; fail before training on bad config."""
+        cfg = self.cfg
+        self.trainer: TrainerConfig = typed(cfg, "trainer", TrainerConfig)
+        self.logger_cfg: LoggerConfig = typed(cfg, "logger", LoggerConfig)
+        check_trainer(self.trainer)
+        t = self.trainer
+
+        self.seed = _int(cfg, "seed")
+        seed_everything(self.seed)
+        self.device = pick_device(t.device)
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        # Data: the dataset decides modalities and tasks; the config must match them.
+        data: MultiModalData = build(cfg.dataset, "dataset")
+        modalities = check_names("modality", "model.encoders", list(cfg.model.encoders), list(data.modalities),
+                                 _names(cfg, "modalities"), "modalities")
+        task_names = check_names("task", "model.heads", list(cfg.model.heads), list(data.tasks),
+                                 _names(cfg, "tasks"), "tasks")
+        self.data = data.select(modalities, task_names)
+        for name in ("train", "val"):
+            if name not in self.data.splits or len(self.data.splits[name]) == 0:
+                raise UserError(f"dataset has an empty '{name}' split; give it samples")
+        self.splits = {k: s.to(self.device) for k, s in self.data.splits.items()}
+        self.tasks: dict[str, Task] = {t_: TASK_TYPES[s.kind](s) for t_, s in self.data.tasks.items()}
+
+        # Model: encoders -> fusion -> MTL architecture -> heads, sizes flowing forward.
+        encoders = {m: build(cfg.model.encoders[m], f"model.encoders.{m}", modality=spec)
+                    for m, spec in self.data.modalities.items()}
+        fusion = build(cfg.fusion, "fusion", in_dims={m: e.out_dim for m, e in encoders.items()})
+        mtl = build(cfg.mtl, "mtl", in_dim=fusion.out_dim, tasks=task_names)
+        heads = {t_: build(cfg.model.heads[t_], f"model.heads.{t_}", in_dim=mtl.out_dim, out_dim=task.out_dim)
+                 for t_, task in self.tasks.items()}
+        extra = {k: cfg.model[k] for k in ("missing", "modality_dropout") if k in cfg.model}
+        self.model = MultiModalModel(encoders, fusion, mtl, heads, **extra).to(self.device)
+        self.balancer: Balancer = build(cfg.balancer, "balancer", tasks=task_names).to(self.device)
+        self.shared_params = self.model.shared_parameters()
+        self.forward_model = torch.compile(self.model) if t.compile else self.model
+
+        # Optimization.
+        self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=True,
+                                           seed=self.seed)
+        self.batches_per_epoch = len(self.train_loader)
+        if t.limit_train_batches is not None:
+            self.batches_per_epoch = min(self.batches_per_epoch, t.limit_train_batches)
+        self.steps_per_epoch = max(1, self.batches_per_epoch // t.accumulate_grad_batches)
+        self.total_steps = self.steps_per_epoch * t.max_epochs
+        opt_factory = build(cfg.optimizer, "optimizer")
+        weight_decay = float(cfg.optimizer.get("weight_decay", 0.0))
+        groups = param_groups([self.model, self.balancer], weight_decay)
+        extra_opt = {"fused": True} if self.device.type == "cuda" and "fused" not in cfg.optimizer \
+            and cfg.optimizer._target_ in ("torch.optim.AdamW", "torch.optim.Adam") else {}
+        self.optimizer = opt_factory(groups, **extra_opt)
+        self.scheduler = build(cfg.scheduler, "scheduler")(self.optimizer, total_steps=self.total_steps)
+        amp_dtype = AMP_DTYPES[t.precision]
+        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+
+        # What to monitor, and where the run stands.
+        self.metric_keys = self.val_metric_keys()
+        if t.monitor not in self.metric_keys:
+            raise UserError(f"trainer.monitor is '{t.monitor}', which this run does not compute; choose one of: "
+                            f"{', '.join(self.metric_keys)}")
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: dict[str, Any] = {"value": None, "epoch": None, "step": None, "metrics": {}}
+        self.bad_epochs = 0
+        self.last_metrics: dict[str, float] = {}
+        self.resumed_from = self.maybe_resume(t.resume)
+        self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=self.logger_cfg.tensorboard,
+                              purge_step=self.step if self.resumed_from else None)
+        log.info("model: %s parameters; %d tasks, %d modalities, %d steps on %s",
+                 f"{count_parameters(self.model):,}", len(self.tasks), len(self.data.modalities),
+                 self.total_steps, self.device)
+
+    def val_metric_keys(self) -> list[str]:
+        """Every key :meth:`evaluate` returns, in a stable order."""
+        keys = ["val/loss/total"] + [f"val/loss/{t}" for t in self.tasks]
+        for t, task in self.tasks.items():
+            keys += [f"val/{t}/{m}" for m in task.metrics().keys()]
+        return keys
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> float:
+        """Run the loop: epochs of steps, evaluation and checkpoints after each epoch.
+
+        Returns:
+            The best value of ``trainer.monitor`` (what a sweeper optimises).
+        """
+        t, lg = self.trainer, self.logger_cfg
+        tasks = list(self.tasks)
+        sums = torch.zeros(2, len(tasks), device=self.device)  # losses, weights since the last log
+        count, samples, t_log = 0, 0, time.perf_counter()
+        t_start, stopped_early = time.perf_counter(), False
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not lg.progress_bar, dynamic_ncols=True,
+                   desc="train", leave=True)
+        while self.epoch < t.max_epochs and not stopped_early:
+            self.model.train()
+            bar.set_description(f"epoch {self.epoch + 1}/{t.max_epochs}")
+            start = self.batch_in_epoch
+            micro = 0
+            for i, batch in enumerate(self.train_loader.epoch(self.epoch, start=start), start=start):
+                if i >= self.steps_per_epoch * t.accumulate_grad_batches:
+                    break
+                losses, weights = training_step(self.forward_model, self.tasks, self.balancer, batch,
+                                                self.autocast, self.scaler, self.shared_params, self.step,
+                                                1.0 / t.accumulate_grad_batches)
+                sums[0] += losses
+                sums[1] += weights
+                micro += 1
+                if micro % t.accumulate_grad_batches:
+                    continue
+                self.optimizer_step()
+                self.batch_in_epoch = i + 1
+                count += 1
+                samples += batch.size * t.accumulate_grad_batches
+                bar.update(1)
+                if self.step % lg.log_every_n_steps == 0 or self.step == self.total_steps:
+                    # The only host synchronisation of the loop: one read every N steps.
+                    mean = (sums / count).tolist()
+                    elapsed = time.perf_counter() - t_log
+                    self.log_train(dict(zip(tasks, mean[0], strict=True)), dict(zip(tasks, mean[1], strict=True)),
+                                   samples / max(elapsed, 1e-9), bar)
+                    sums.zero_()
+                    count, samples, t_log = 0, 0, time.perf_counter()
+                if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
+                    self.save("last.pt")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            stopped_early = self.end_of_epoch()
+        bar.close()
+        self.finish(time.perf_counter() - t_start, stopped_early)
+        return float(self.best["value"])
+
+    def optimizer_step(self) -> None:
+        """Unscale, clip, step, update the scaler and the schedule, clear gradients."""
+        if self.trainer.gradient_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer.gradient_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def log_train(self, losses: dict[str, float], weights: dict[str, float], samples_per_s: float, bar: tqdm) -> None:
+        """Write the interval's mean losses and weights to TensorBoard and the progress bar."""
+        total = sum(weights[t] * losses[t] for t in losses)
+        scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
+                   **{f"train/weight/{t}": v for t, v in weights.items()},
+                   "lr": self.optimizer.param_groups[0]["lr"], "perf/samples_per_s": samples_per_s}
+        self.tb.scalars(scalars, self.step)
+        bar.set_postfix({"loss": f"{total:.3f}", **{t: f"{v:.3f}" for t, v in losses.items()}}, refresh=False)
+        bad = [t for t, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            log.warning("non-finite training loss for task(s) %s around step %d", ", ".join(bad), self.step)
+
+    def end_of_epoch(self) -> bool:
+        """Evaluate, track the best monitored value, write checkpoints; True to stop early."""
+        t = self.trainer
+        metrics = self.evaluate("val")
+        self.last_metrics = metrics
+        self.tb.scalars(metrics, self.step)
+        value = metrics[t.monitor]
+        better = self.best["value"] is None or (value < self.best["value"] if t.monitor_mode == "min"
+                                                else value > self.best["value"])
+        if better:
+            self.best = {"value": value, "epoch": self.epoch, "step": self.step, "metrics": metrics}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        log.info("epoch %d: %s = %.4f (best %.4f at epoch %d)", self.epoch, t.monitor, value,
+                 self.best["value"], self.best["epoch"])
+        self.save("last.pt")
+        if better:
+            self.save("best.pt")
+        patience = t.early_stopping_patience
+        if patience is not None and self.bad_epochs >= patience:
+            log.info("early stopping: %s did not improve for %d epochs", t.monitor, patience)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Per-task losses and metrics over a whole split (labelled samples only).
+
+        Returns:
+            ``{"<split>/loss/total", "<split>/loss/<task>", "<split>/<task>/<metric>": float}``.
+        """
+        self.model.eval()
+        loader = InMemoryLoader(self.splits[split], self.trainer.eval_batch_size)
+        metrics = {t: task.metrics().to(self.device) for t, task in self.tasks.items()}
+        loss_sum = torch.zeros(len(self.tasks), device=self.device)
+        n_labeled = torch.zeros(len(self.tasks), device=self.device)
+        for batch in loader:
+            with self.autocast:
+                preds, _ = self.forward_model(batch.inputs, batch.present)
+            for i, (t, task) in enumerate(self.tasks.items()):
+                lab = batch.labeled[t]
+                n = lab.sum()
+                loss_sum[i] += task.loss(preds[t], batch.targets[t], lab) * n
+                n_labeled[i] += n
+                if lab.any():
+                    metrics[t].update(*task.metric_inputs(preds[t][lab], batch.targets[t][lab]))
+        out: dict[str, float] = {}
+        losses = (loss_sum / n_labeled.clamp_min(1)).tolist()
+        out[f"{split}/loss/total"] = float(sum(losses))
+        for i, t in enumerate(self.tasks):
+            out[f"{split}/loss/{t}"] = losses[i]
+        for t, collection in metrics.items():
+            if n_labeled[list(self.tasks).index(t)] == 0:
+                values = {k: float("nan") for k in collection.keys()}
+            else:
+                values = {k: float(v) for k, v in collection.compute().items()}
+            out.update({f"{split}/{t}/{k}": v for k, v in values.items()})
+        self.model.train()
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume, as plain data and tensors (loads with weights_only=True)."""
+        return {
+            "model": self.model.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "metrics": self.last_metrics,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def save(self, name: str) -> None:
+        """Write ``checkpoints/<name>`` atomically."""
+        checkpoint.save(self.state(), self.ckpt_dir / name)
+
+    def maybe_resume(self, resume: str | None) -> Path | None:
+        """Load ``trainer.resume`` (``auto``: this run's ``last.pt`` if it exists, or a path)."""
+        if resume is None:
+            return None
+        path = self.ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists():
+            log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
+            return None
+        state = checkpoint.load(path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.balancer.load_state_dict(state["balancer"])
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise UserError(f"checkpoint '{path}' was written for another model config ({first}); resume it "
+                            "with the config it was trained with, or start a new run") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+        self.last_metrics = state.get("metrics", {})
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        return path
+
+    # ------------------------------------------------------------------ end of run
+    def finish(self, seconds: float, stopped_early: bool) -> None:
+        """Write ``metrics.json``, hparams to TensorBoard, and print the results table."""
+        result = {
+            "monitor": self.trainer.monitor,
+            "monitor_mode": self.trainer.monitor_mode,
+            "best": self.best,
+            "final": self.last_metrics,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "stopped_early": stopped_early,
+            "train_seconds": seconds,
+            "parameters": count_parameters(self.model),
+        }
+        (self.output_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True))
+        self.tb.hparams(hparams_of(self.cfg, self.trainer), {f"best/{k}": v for k, v in self.best["metrics"].items()})
+        self.tb.close()
+        table = format_results(self.best["metrics"], list(self.tasks), title=(
+            f"best epoch {self.best['epoch']} of {self.epoch} ({self.trainer.monitor} = {self.best['value']:.4f})"))
+        log.info("results (validation)\n%s", table)
+
+
+# ---------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (CPU and CUDA)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device is '{name}' but no CUDA device is available; use trainer.device=auto")
+    return device
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def hparams_of(cfg: DictConfig, t: TrainerConfig) -> dict[str, Any]:
+    """A flat dict of the run's main choices, for TensorBoard's HParams tab."""
+    h: dict[str, Any] = {"seed": cfg.seed, "batch_size": t.batch_size, "precision": t.precision,
+                         "max_epochs": t.max_epochs, "lr": float(cfg.optimizer.get("lr", float("nan")))}
+    for key in ("fusion", "mtl", "balancer", "optimizer", "scheduler"):
+        h[key] = str(cfg[key].get("_target_", "")).rsplit(".", 1)[-1]
+    return h
+
+
+def _int(cfg: DictConfig, key: str) -> int:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UserError(f"{key} must be an integer, found {value!r}")
+    return value
+
+
+def _names(cfg: DictConfig, key: str) -> list[str] | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not OmegaConf.is_list(value):
+        raise UserError(f"{key} must be a list of names or null, found {value!r}")
+    return [str(v) for v in value]
