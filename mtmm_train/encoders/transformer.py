@@ -13,7 +13,9 @@ class TransformerEncoder(Encoder):
     """Input projection (sequences) or embedding (tokens), learned positions, transformer layers.
 
     For token ids, ``padding_idx`` tokens are masked out of attention and of the mean pooling
-    (a sample with only padding, e.g. a missing text, attends to its first position).
+    (a sample with only padding, e.g. a missing text, attends to its first position);
+    ``padding_idx=None`` masks nothing (fixed-length inputs; lets attention use its fastest
+    kernels).
 
     Args:
         modality: the modality spec (passed in by the recipe).
@@ -23,11 +25,13 @@ class TransformerEncoder(Encoder):
         ffn_mult: feed-forward width as a multiple of D.
         dropout: dropout inside the layers.
         max_length: longest sequence the position table holds.
-        padding_idx: padding token id (token input only).
+        padding_idx: padding token id (token input only), or None.
+        final_norm: LayerNorm on the output (pre-norm layers leave it unnormalised).
     """
 
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, num_layers: int = 2, num_heads: int = 4,
-                 ffn_mult: int = 4, dropout: float = 0.0, max_length: int = 512, padding_idx: int = 0) -> None:
+                 ffn_mult: int = 4, dropout: float = 0.0, max_length: int = 512, padding_idx: int | None = 0,
+                 final_norm: bool = True) -> None:
         super().__init__(modality, kinds=("tokens", "sequence"))
         self.out_dim = out_dim
         self.is_tokens = modality.kind == "tokens"
@@ -40,15 +44,16 @@ class TransformerEncoder(Encoder):
         layer = nn.TransformerEncoderLayer(out_dim, num_heads, ffn_mult * out_dim, dropout=dropout,
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(out_dim)
+        self.norm = nn.LayerNorm(out_dim) if final_norm else nn.Identity()
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        pad = None
         if self.is_tokens:
-            pad = x == self.padding_idx  # (B, L)
-            pad[:, 0] &= ~pad.all(1)  # an all-padding row would make attention NaN
+            if self.padding_idx is not None:
+                pad = x == self.padding_idx  # (B, L)
+                pad[:, 0] &= ~pad.all(1)  # an all-padding row would make attention NaN
             h = self.embed(x)
         else:
-            pad = None
             h = self.embed(x.transpose(1, 2))  # (B, C, L) -> (B, L, D)
         h = h + self.pos[:, : h.shape[1]]
         return self.norm(self.layers(h, src_key_padding_mask=pad)), pad
