@@ -92,7 +92,8 @@ def check_names(kind: str, key: str, configured: list[str], available: list[str]
     if selected is not None:
         unknown = [n for n in selected if n not in available]
         if unknown:
-            raise UserError(f"{select_key} names unknown {kind} '{unknown[0]}'; the dataset has: {', '.join(available)}")
+            raise UserError(f"{select_key} names unknown {kind} '{unknown[0]}'; "
+                            f"the dataset has: {', '.join(available)}")
         if not selected:
             raise UserError(f"{select_key} is empty; name at least one of: {', '.join(available)}")
     use = [n for n in available if selected is None or n in selected]

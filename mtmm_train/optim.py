@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+
 def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
     """Weight decay on matrices and kernels only; none on biases, norms and embeddings' 1-D params."""
     decay, no_decay = [], []

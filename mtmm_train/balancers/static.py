@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import Balancer, BalanceContext
+from mtmm_train.balancers.base import BalanceContext, Balancer
 from mtmm_train.errors import UserError
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from torchmetrics import MetricCollection
 
 from mtmm_train.batch import TaskSpec
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class Task:

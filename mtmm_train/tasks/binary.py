@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from mtmm_train.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class BinaryTask(Task):
@@ -19,6 +22,10 @@ class BinaryTask(Task):
         return F.binary_cross_entropy_with_logits(pred.squeeze(-1), target, reduction="none")
 
     def metrics(self) -> MetricCollection:
+        # torchmetrics takes seconds to import: only runs that evaluate pay for it.
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
         return MetricCollection({"auroc": BinaryAUROC(), "accuracy": BinaryAccuracy()})
 
     def metric_inputs(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from mtmm_train.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class MulticlassTask(Task):
@@ -19,6 +22,10 @@ class MulticlassTask(Task):
         return F.cross_entropy(pred, target, reduction="none")
 
     def metrics(self) -> MetricCollection:
+        # torchmetrics takes seconds to import: only runs that evaluate pay for it.
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
         c = self.spec.dim
         return MetricCollection({
             "accuracy": MulticlassAccuracy(c, average="micro"),

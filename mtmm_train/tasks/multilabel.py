@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelAUROC, MultilabelF1Score
 
 from mtmm_train.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class MultilabelTask(Task):
@@ -19,6 +22,10 @@ class MultilabelTask(Task):
         return F.binary_cross_entropy_with_logits(pred, target, reduction="none").mean(-1)
 
     def metrics(self) -> MetricCollection:
+        # torchmetrics takes seconds to import: only runs that evaluate pay for it.
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MultilabelAUROC, MultilabelF1Score
+
         k = self.spec.dim
         return MetricCollection({
             "auroc": MultilabelAUROC(k, average="macro"),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
 from mtmm_train.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
 
 class RegressionTask(Task):
@@ -19,6 +23,9 @@ class RegressionTask(Task):
         return F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
 
     def metrics(self) -> MetricCollection:
+        # torchmetrics takes seconds to import: only runs that evaluate pay for it.
+        from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
+
         return MetricCollection({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False), "r2": R2Score()})
 
     def metric_inputs(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
