@@ -95,7 +95,10 @@ class TrainRecipe:
         for name in ("train", "val"):
             if name not in self.data.splits or len(self.data.splits[name]) == 0:
                 raise UserError(f"dataset has an empty '{name}' split; give it samples")
-        self.splits = {k: s.to(self.device) for k, s in self.data.splits.items()}
+        # Each split goes to the device once and is batched there by index; a `loader` config
+        # (+loader=dataloader) instead streams the training split from host memory.
+        stream = cfg.get("loader") is not None
+        self.splits = {k: s if stream and k == "train" else s.to(self.device) for k, s in self.data.splits.items()}
         self.tasks: dict[str, Task] = {t_: TASK_TYPES[s.kind](s) for t_, s in self.data.tasks.items()}
 
         # Model: encoders -> fusion -> MTL architecture -> heads, sizes flowing forward.
@@ -112,8 +115,12 @@ class TrainRecipe:
         self.forward_model = torch.compile(self.model) if t.compile else self.model
 
         # Optimization.
-        self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=True,
-                                           seed=self.seed)
+        if stream:
+            self.train_loader = build(cfg.loader, "loader", split=self.splits["train"], batch_size=t.batch_size,
+                                      shuffle=True, drop_last=True, seed=self.seed, device=self.device)
+        else:
+            self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=True,
+                                               seed=self.seed)
         self.batches_per_epoch = len(self.train_loader)
         if t.limit_train_batches is not None:
             self.batches_per_epoch = min(self.batches_per_epoch, t.limit_train_batches)

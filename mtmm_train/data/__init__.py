@@ -1,6 +1,7 @@
-"""Datasets (each returns a :class:`MultiModalData`) and the in-memory batcher."""
+"""Datasets (each returns a :class:`MultiModalData`) and the loaders that batch them."""
 
 from mtmm_train.data.base import MultiModalData, TensorSplit
+from mtmm_train.data.dataloader import StreamingLoader
 from mtmm_train.data.loader import InMemoryLoader
 
-__all__ = ["InMemoryLoader", "MultiModalData", "TensorSplit"]
+__all__ = ["InMemoryLoader", "MultiModalData", "StreamingLoader", "TensorSplit"]

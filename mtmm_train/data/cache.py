@@ -1,0 +1,87 @@
+"""A disk cache of decoded datasets, keyed by the manifest's content and the preprocessing config.
+
+Decoding thousands of images or audio clips takes minutes; loading the tensors back takes a
+fraction of a second. The key hashes the manifest's bytes together with every setting that
+changes the tensors (readers, splits, seed), so editing either builds a new entry. Files the
+manifest points to are not hashed: after editing an image in place, delete the cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtmm_train.batch import ModalitySpec, TaskSpec
+from mtmm_train.data.base import MultiModalData, TensorSplit
+
+__all__ = ["CACHE_VERSION", "cache_key", "file_digest", "load_cached", "save_cached"]
+
+log = logging.getLogger("mtmm_train")
+
+CACHE_VERSION = 1  # bump when the decoding code changes what it produces
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(content_digest: str, settings: dict[str, Any]) -> str:
+    """A short hex key over the manifest's digest, the settings (as canonical JSON) and the version."""
+    text = json.dumps({"v": CACHE_VERSION, "content": content_digest, "settings": settings}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def save_cached(path: Path, data: MultiModalData) -> None:
+    """Write ``data`` to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "modalities": [asdict(s) for s in data.modalities.values()],
+        "tasks": [asdict(s) for s in data.tasks.values()],
+        "splits": {k: {"inputs": s.inputs, "present": s.present, "targets": s.targets, "labeled": s.labeled}
+                   for k, s in data.splits.items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_cached(path: Path, mmap: bool = False) -> MultiModalData | None:
+    """Load a cache entry, or None if there is none (or it is unreadable, e.g. cut short).
+
+    Args:
+        path: the entry.
+        mmap: memory-map the tensors instead of reading them (for data larger than memory:
+            pages are read when a batch touches them).
+    """
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # a truncated or foreign file: rebuild rather than fail
+        log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", path, str(e).splitlines()[0][:120])
+        return None
+    modalities = {d["name"]: ModalitySpec(d["name"], tuple(d["shape"]), d["kind"], d["vocab_size"])
+                  for d in payload["modalities"]}
+    tasks = {d["name"]: TaskSpec(d["name"], d["kind"], d["dim"]) for d in payload["tasks"]}
+    splits = {k: TensorSplit(s["inputs"], s["present"], s["targets"], s["labeled"])
+              for k, s in payload["splits"].items()}
+    return MultiModalData(modalities, tasks, splits)

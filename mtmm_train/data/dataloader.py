@@ -1,0 +1,100 @@
+"""Streams a split from host memory through DataLoader workers, pinned memory and non-blocking copies.
+
+For data that does not fit on the device (or, memory-mapped from the cache, not even in host
+memory). Workers gather whole batches by index, as :class:`InMemoryLoader` does, so there is
+no per-sample collate; the order of epoch ``e`` depends only on ``(seed, e)``, as there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mtmm_train.batch import Batch
+from mtmm_train.data.base import TensorSplit
+from mtmm_train.data.loader import InMemoryLoader
+from mtmm_train.errors import check
+
+__all__ = ["StreamingLoader"]
+
+
+class _Batches(Dataset):
+    """Item ``index`` (a tensor of sample ids) is the whole batch, as plain dicts (picklable, pinnable)."""
+
+    def __init__(self, split: TensorSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: Tensor) -> dict[str, dict[str, Tensor]]:
+        b = self.split.batch(index)
+        return {"inputs": b.inputs, "present": b.present, "targets": b.targets, "labeled": b.labeled}
+
+
+class _EpochBatches:
+    """The index batches of one epoch, from batch ``start`` on (set before each iteration)."""
+
+    def __init__(self, order: InMemoryLoader) -> None:
+        self.order, self.epoch, self.start = order, 0, 0
+
+    def __iter__(self) -> Iterator[Tensor]:
+        order = self.order.order(self.epoch)
+        size = self.order.batch_size
+        for i in range(self.start, len(self.order)):
+            index = order[i * size:(i + 1) * size]
+            if len(index) == 0:
+                break
+            yield index
+
+    def __len__(self) -> int:
+        return max(0, len(self.order) - self.start)
+
+
+class StreamingLoader:
+    """Same interface as :class:`~mtmm_train.data.loader.InMemoryLoader`: ``epoch(e, start)``.
+
+    Args:
+        split: the data, in host memory (not moved to the device).
+        batch_size: samples per batch.
+        shuffle: draw a new permutation each epoch.
+        drop_last: drop the last incomplete batch.
+        seed: base seed of the permutations.
+        device: where batches go (copied without blocking from pinned memory on CUDA).
+        num_workers: worker processes that gather batches (0: in this process).
+        pin_memory: page-lock batches so the copy to a CUDA device overlaps compute.
+        prefetch_factor: batches each worker prepares ahead.
+        persistent_workers: keep the workers alive between epochs.
+    """
+
+    def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, drop_last: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 2, pin_memory: bool = True,
+                 prefetch_factor: int = 2, persistent_workers: bool = True) -> None:
+        check(isinstance(num_workers, int) and num_workers >= 0,
+              f"loader.num_workers must be an integer >= 0, found {num_workers!r}")
+        check(prefetch_factor >= 1, f"loader.prefetch_factor must be >= 1, found {prefetch_factor}")
+        self.device = torch.device(device)
+        # The permutations come from InMemoryLoader on the host, so both loaders see one order.
+        self.index = InMemoryLoader(split.to("cpu"), batch_size, shuffle, drop_last, seed)
+        self.batch_size = batch_size
+        self.sampler = _EpochBatches(self.index)
+        pin = pin_memory and self.device.type == "cuda"
+        workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
+        # batch_size=None: each sampler item is a whole index batch, gathered in one call.
+        self.loader = DataLoader(_Batches(self.index.split), batch_size=None, sampler=self.sampler,
+                                 num_workers=num_workers, pin_memory=pin, **workers)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Iterate the batches of ``epoch``, skipping the first ``start`` (resume)."""
+        self.sampler.epoch, self.sampler.start = epoch, start
+        for d in self.loader:
+            yield Batch(d["inputs"], d["present"], d["targets"], d["labeled"]).to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)

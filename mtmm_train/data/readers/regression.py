@@ -1,0 +1,63 @@
+"""Numeric target columns -> a regression task, standardised with training-split statistics."""
+
+from __future__ import annotations
+
+import torch
+
+from mtmm_train.batch import TaskSpec
+from mtmm_train.data.manifest import Table
+from mtmm_train.data.readers.base import Column, ReadContext, TargetReader, float_cells
+from mtmm_train.errors import UserError, check
+
+
+class NumericTarget(TargetReader):
+    """Numeric columns -> ``(N,)`` (one column) or ``(N, K)`` float targets.
+
+    Standardising puts every regression loss on the scale of a classification loss, so no
+    task dominates the sum by its units; metrics (MAE, RMSE) are then in standard deviations
+    of the training split, and R^2 is unchanged. A row with an empty cell is unlabelled.
+
+    Args:
+        name: the task name (passed in by the dataset).
+        columns: the target columns; null: the one column named ``name``.
+        standardize: subtract the training mean, divide by the training standard deviation.
+        log: take ``log(x)`` first (for positive, skewed targets such as prices).
+    """
+
+    def __init__(self, name: str, columns: list[str] | str | None = None, standardize: bool = True,
+                 log: bool = False) -> None:
+        super().__init__(name, None)
+        cols = [columns] if isinstance(columns, str) else list(columns or [name])
+        check(len(cols) > 0, f"dataset.tasks.{name}.columns is empty; list the numeric target columns")
+        self.cols = [str(c) for c in cols]
+        self.standardize, self.log = standardize, log
+        self.mean = torch.zeros(0)
+        self.std = torch.ones(0)
+
+    def columns(self) -> list[str]:
+        return self.cols
+
+    def read(self, table: Table, ctx: ReadContext) -> Column:
+        y = torch.stack([float_cells(table[c], ctx.key, c) for c in self.cols], 1)  # (N, K) float64
+        labeled = ~torch.isnan(y).any(1)
+        if self.log:
+            bad = labeled & (y <= 0).any(1)
+            if bad.any():
+                row = int(bad.nonzero()[0]) + 1
+                raise UserError(f"{ctx.key}.log is true, but row {row} has a target <= 0; use log=false or fix it")
+            y = torch.log(y)
+        train = labeled & ctx.train
+        if not train.any():
+            raise UserError(f"{ctx.key}: columns {self.cols} have no number in the training split; fill them")
+        self.mean = y[train].mean(0) if self.standardize else torch.zeros(len(self.cols), dtype=y.dtype)
+        self.std = y[train].std(0, correction=0).clamp_min(1e-12) if self.standardize else \
+            torch.ones(len(self.cols), dtype=y.dtype)
+        values = torch.where(labeled.unsqueeze(1), (y - self.mean) / self.std, torch.zeros((), dtype=y.dtype))
+        values = values.float()
+        return Column(values[:, 0] if len(self.cols) == 1 else values, labeled)
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(self.name, "regression", len(self.cols))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(columns={self.cols!r}, standardize={self.standardize}, log={self.log})"

@@ -1,0 +1,119 @@
+"""Text -> token ids: a word vocabulary from the training split, or a pretrained tokenizer."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtmm_train.batch import ModalitySpec
+from mtmm_train.data.manifest import Table
+from mtmm_train.data.optional import require
+from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, present_of
+from mtmm_train.errors import UserError, check
+
+PAD, UNK = 0, 1  # id 0 is padding (encoders ignore it); 1 stands for words not in the vocabulary
+WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+class TextReader(ModalityReader):
+    """A text column -> ``(max_length,)`` token ids, 0-padded.
+
+    Without ``tokenizer``, words (and punctuation marks) are the tokens, and the vocabulary
+    is built from the training split: words seen at least ``min_count`` times, the
+    ``max_vocab`` most frequent first; other words map to an unknown id. With ``tokenizer``,
+    a pretrained tokenizer splits the text (its ids shifted by one, so 0 stays padding).
+
+    Args:
+        name: the modality name (passed in by the dataset).
+        column: the text column; null: ``name``.
+        max_length: tokens kept per text (longer texts are cut).
+        min_count: least count in the training split for a word to enter the vocabulary.
+        max_vocab: most words in the vocabulary.
+        lowercase: lowercase before splitting into words.
+        tokenizer: null (words), a ``tokenizer.json`` file (needs the ``tokenizers`` package),
+            or a Hugging Face tokenizer name already in the local cache (needs ``transformers``;
+            nothing is downloaded).
+    """
+
+    def __init__(self, name: str, column: str | None = None, max_length: int = 32, min_count: int = 1,
+                 max_vocab: int = 20000, lowercase: bool = True, tokenizer: str | None = None) -> None:
+        super().__init__(name, column)
+        check(max_length >= 1, f"dataset.modalities.{name}.max_length must be >= 1, found {max_length}")
+        check(min_count >= 1, f"dataset.modalities.{name}.min_count must be >= 1, found {min_count}")
+        check(max_vocab >= 1, f"dataset.modalities.{name}.max_vocab must be >= 1, found {max_vocab}")
+        self.max_length, self.min_count, self.max_vocab = max_length, min_count, max_vocab
+        self.lowercase, self.tokenizer = lowercase, tokenizer
+        self.vocab: dict[str, int] = {}
+        self.vocab_size = 0
+
+    def words(self, text: str) -> list[str]:
+        """Split one text into words and punctuation marks."""
+        return WORD.findall(text.lower() if self.lowercase else text)
+
+    def read(self, table: Table, ctx: ReadContext) -> Column:
+        cells = table[self.column]
+        present = present_of(cells)
+        texts = [str(v) if p else "" for v, p in zip(cells, present.tolist(), strict=True)]
+        if self.tokenizer is None:
+            ids = self._word_ids(texts, ctx)
+        else:
+            ids = self._pretrained_ids(texts, ctx)
+        values = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        for i, row in enumerate(ids):
+            row = row[:self.max_length]
+            values[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return Column(values, present)
+
+    def _word_ids(self, texts: list[str], ctx: ReadContext) -> list[list[int]]:
+        tokens = [self.words(t) for t in texts]
+        train = ctx.train.tolist()
+        counts = Counter(w for toks, tr in zip(tokens, train, strict=True) if tr for w in toks)
+        # Most frequent first; ties in alphabetical order, so the vocabulary is deterministic.
+        kept = sorted((w for w, c in counts.items() if c >= self.min_count), key=lambda w: (-counts[w], w))
+        self.vocab = {w: i + 2 for i, w in enumerate(kept[:self.max_vocab])}
+        self.vocab_size = len(self.vocab) + 2
+        if not self.vocab:
+            raise UserError(f"{ctx.key}: column '{self.column}' has no word in the training split seen at least "
+                            f"min_count={self.min_count} times; lower min_count or check the column")
+        return [[self.vocab.get(w, UNK) for w in toks] for toks in tokens]
+
+    def _pretrained_ids(self, texts: list[str], ctx: ReadContext) -> list[list[int]]:
+        tok = load_tokenizer(str(self.tokenizer), ctx.key)
+        ids = [list(encode(tok, t)) if t else [] for t in texts]
+        self.vocab_size = vocab_size(tok) + 1
+        return [[i + 1 for i in row] for row in ids]  # shift by one: 0 stays padding
+
+    def spec(self) -> ModalitySpec:
+        return ModalitySpec(self.name, (self.max_length,), "tokens", vocab_size=self.vocab_size)
+
+
+def load_tokenizer(name: str, key: str) -> Any:
+    """A ``tokenizers.Tokenizer`` from a ``.json`` file, or a local Hugging Face tokenizer by name."""
+    if name.endswith(".json"):
+        path = Path(name).expanduser()
+        check(path.is_file(), f"{key}.tokenizer is '{name}', which does not exist; give a tokenizer.json file "
+              "or a tokenizer name")
+        tokenizers = require("tokenizers", "text", f"{key}.tokenizer (a tokenizer.json file)")
+        return tokenizers.Tokenizer.from_file(str(path))
+    transformers = require("transformers", "text", f"{key}.tokenizer '{name}'")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{key}.tokenizer '{name}' is not in the local Hugging Face cache (nothing is downloaded "
+                        f"at run time: {str(e).splitlines()[0][:100]}); use a tokenizer.json path or null") from None
+
+
+def encode(tok: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens, for either tokenizer type."""
+    if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer
+        return tok.encode(text, add_special_tokens=False).ids
+    return tok.encode(text, add_special_tokens=False)
+
+
+def vocab_size(tok: Any) -> int:
+    """Number of ids the tokenizer can produce."""
+    return tok.get_vocab_size() if hasattr(tok, "get_vocab_size") else len(tok)
