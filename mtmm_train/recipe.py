@@ -145,6 +145,7 @@ class TrainRecipe:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: dict[str, Any] = {"value": None, "epoch": None, "step": None, "metrics": {}}
         self.bad_epochs = 0
+        self.skipped_steps = 0  # fp16 steps skipped because gradients overflowed
         self.last_metrics: dict[str, float] = {}
         self.resumed_from = self.maybe_resume(t.resume)
         self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=self.logger_cfg.tensorboard,
@@ -217,9 +218,18 @@ class TrainRecipe:
         if self.trainer.gradient_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer.gradient_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips steps whose gradients overflowed; so does the schedule.
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:
+                self.skipped_steps += 1
+            else:
+                self.scheduler.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
@@ -229,6 +239,8 @@ class TrainRecipe:
         scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
                    **{f"train/weight/{t}": v for t, v in weights.items()},
                    "lr": self.optimizer.param_groups[0]["lr"], "perf/samples_per_s": samples_per_s}
+        if self.scaler.is_enabled():
+            scalars["train/skipped_steps"] = self.skipped_steps
         self.tb.scalars(scalars, self.step)
         bar.set_postfix({"loss": f"{total:.3f}", **{t: f"{v:.3f}" for t, v in losses.items()}}, refresh=False)
         bad = [t for t, v in losses.items() if not math.isfinite(v)]
@@ -275,7 +287,7 @@ class TrainRecipe:
         n_labeled = torch.zeros(len(self.tasks), device=self.device)
         for batch in loader:
             with self.autocast:
-                preds, _ = self.forward_model(batch.inputs, batch.present)
+                preds, _ = self.model(batch.inputs, batch.present)  # eager: a compiled eval would compile twice
             for i, (t, task) in enumerate(self.tasks.items()):
                 lab = batch.labeled[t]
                 n = lab.sum()
@@ -312,6 +324,7 @@ class TrainRecipe:
             "batch_in_epoch": self.batch_in_epoch,
             "best": self.best,
             "bad_epochs": self.bad_epochs,
+            "skipped_steps": self.skipped_steps,
             "metrics": self.last_metrics,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -343,6 +356,7 @@ class TrainRecipe:
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_metrics = state.get("metrics", {})
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return path
@@ -358,6 +372,7 @@ class TrainRecipe:
             "epochs": self.epoch,
             "steps": self.step,
             "stopped_early": stopped_early,
+            "skipped_steps": self.skipped_steps,
             "train_seconds": seconds,
             "parameters": count_parameters(self.model),
         }

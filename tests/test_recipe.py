@@ -1,0 +1,137 @@
+"""The training loop: logging, checkpoints and resume, determinism, precision, accumulation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg, train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtmm_train.recipe import TrainRecipe
+
+TASKS = ("category", "match", "tags", "score")
+
+
+def scalars(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_has_a_tag_per_task_with_one_point_per_step_or_epoch(tmp_path: Path) -> None:
+    recipe = train(tmp_path, ["trainer.max_epochs=2"])  # 3 steps per epoch, logged every step
+    acc = scalars(tmp_path)
+    tags = set(acc.Tags()["scalars"])
+    for t in TASKS:
+        assert len(acc.Scalars(f"train/loss/{t}")) == 6
+        assert len(acc.Scalars(f"train/weight/{t}")) == 6
+        assert len(acc.Scalars(f"val/loss/{t}")) == 2
+    for key in ("val/category/accuracy", "val/category/f1_macro", "val/match/auroc", "val/tags/auroc",
+                "val/score/mae", "val/score/rmse", "val/score/r2"):
+        assert len(acc.Scalars(key)) == 2, key
+    assert {"train/loss/total", "lr", "perf/samples_per_s", "val/loss/total"} <= tags
+    assert [e.step for e in acc.Scalars("val/loss/total")] == [3, 6]
+    # The hparams live in the same run folder: no extra timestamped subfolder.
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir() if p.is_dir()] == []
+    assert acc.summary_metadata  # hparams plugin data (the HParams tab)
+    assert recipe.step == 6
+
+
+def test_metrics_json_and_checkpoints(tmp_path: Path) -> None:
+    recipe = train(tmp_path, ["trainer.max_epochs=2"])
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["monitor"] == "val/loss/total" and result["steps"] == 6 and result["epochs"] == 2
+    assert result["best"]["value"] == min(result["best"]["value"], result["final"]["val/loss/total"])
+    assert set(result["final"]) == set(recipe.metric_keys)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "config", "balancer"} <= set(state)
+    assert isinstance(state["config"], dict) and state["config"]["trainer"]["max_epochs"] == 2
+    assert state["step"] == 6
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path: Path) -> None:
+    a = train(tmp_path / "a").best["metrics"]
+    b = train(tmp_path / "b").best["metrics"]
+    c = train(tmp_path / "c", ["seed=1"]).best["metrics"]
+    assert a == b
+    assert a != c
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_mid_epoch_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides = ["trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1", "model.modality_dropout=0.3"]
+    full = train(tmp_path / "full", overrides)
+
+    # Kill the second run right after the checkpoint of step 4 (in the middle of epoch 2).
+    original_save = TrainRecipe.save
+
+    def save_then_die(self: TrainRecipe, name: str) -> None:
+        original_save(self, name)
+        if self.step == 4:
+            raise Interrupted
+
+    monkeypatch.setattr(TrainRecipe, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        train(tmp_path / "resumed", overrides)
+    monkeypatch.setattr(TrainRecipe, "save", original_save)
+    resumed = train(tmp_path / "resumed", [*overrides, "trainer.resume=auto"])
+
+    assert resumed.resumed_from is not None and resumed.step == full.step == 9
+    assert resumed.best == full.best
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # TensorBoard continues without duplicated steps.
+    steps = [e.step for e in scalars(tmp_path / "resumed").Scalars("train/loss/total")]
+    assert steps == sorted(set(steps)) and steps[-1] == 9
+
+
+def test_resume_from_another_models_checkpoint_is_refused(tmp_path: Path) -> None:
+    train(tmp_path / "a")
+    cfg = compose_cfg([*TINY, "fusion=sum", f"trainer.resume={tmp_path}/a/checkpoints/last.pt"])
+    recipe = TrainRecipe(cfg, tmp_path / "b")
+    with pytest.raises(Exception, match="was written for another model config"):
+        recipe.setup()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(precision: str, tmp_path: Path) -> None:
+    recipe = train(tmp_path, [f"trainer.precision={precision}", "trainer.max_epochs=2"])
+    assert all(math.isfinite(v) for k, v in recipe.best["metrics"].items() if "/loss/" in k)
+    assert recipe.scaler.is_enabled() == (precision == "fp16")
+    assert math.isfinite(recipe.best["value"])
+
+
+def test_gradient_accumulation_takes_one_step_per_n_batches(tmp_path: Path) -> None:
+    recipe = train(tmp_path, ["trainer.accumulate_grad_batches=3", "trainer.limit_train_batches=6",
+                              "trainer.max_epochs=2"])
+    assert recipe.step == 4
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    # With a zero learning rate and no BatchNorm statistics to update, nothing ever improves.
+    recipe = train(tmp_path, ["trainer.max_epochs=5", "trainer.early_stopping_patience=2", "optimizer.lr=0",
+                              "model.encoders.image.batch_norm=false", "model.encoders.audio.batch_norm=false"])
+    assert recipe.epoch == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped_early"] is True
+
+
+def test_monitor_mode_max_tracks_the_largest_value(tmp_path: Path) -> None:
+    recipe = train(tmp_path, ["trainer.max_epochs=3", "trainer.monitor=val/category/accuracy",
+                              "trainer.monitor_mode=max"])
+    history = [json.loads((tmp_path / "metrics.json").read_text())["final"]["val/category/accuracy"]]
+    assert recipe.best["value"] >= max(history)
+
+
+@pytest.mark.slow
+def test_compile(tmp_path: Path) -> None:
+    recipe = train(tmp_path, ["trainer.compile=true", "modalities=[tabular]", "tasks=[score]"])
+    assert recipe.forward_model is not recipe.model
+    assert math.isfinite(recipe.best["value"])
