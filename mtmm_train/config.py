@@ -26,6 +26,7 @@ class TrainerConfig:
     eval_batch_size: int = MISSING
     device: str = MISSING
     precision: str = MISSING
+    float32_matmul_precision: str = MISSING
     accumulate_grad_batches: int = MISSING
     gradient_clip_norm: float | None = MISSING
     compile: bool = MISSING
@@ -70,6 +71,9 @@ def check_trainer(t: TrainerConfig) -> None:
             problems.append(f"trainer.{name} must be >= 1, found {getattr(t, name)}")
     if t.precision not in PRECISIONS:
         problems.append(f"trainer.precision must be one of {', '.join(PRECISIONS)}, found '{t.precision}'")
+    if t.float32_matmul_precision not in ("highest", "high", "medium"):
+        problems.append("trainer.float32_matmul_precision must be highest, high or medium, found "
+                        f"'{t.float32_matmul_precision}'")
     if t.monitor_mode not in ("min", "max"):
         problems.append(f"trainer.monitor_mode must be min or max, found '{t.monitor_mode}'")
     if t.gradient_clip_norm is not None and t.gradient_clip_norm <= 0:

@@ -81,6 +81,9 @@ class TrainRecipe:
         self.seed = _int(cfg, "seed")
         seed_everything(self.seed)
         self.device = pick_device(t.device)
+        # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
+        torch.set_float32_matmul_precision(t.float32_matmul_precision)
+        torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -146,6 +149,7 @@ class TrainRecipe:
         self.best: dict[str, Any] = {"value": None, "epoch": None, "step": None, "metrics": {}}
         self.bad_epochs = 0
         self.skipped_steps = 0  # fp16 steps skipped because gradients overflowed
+        self.sums = torch.zeros(2, len(self.tasks), device=self.device)
         self.last_metrics: dict[str, float] = {}
         self.resumed_from = self.maybe_resume(t.resume)
         self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=self.logger_cfg.tensorboard,
@@ -170,7 +174,7 @@ class TrainRecipe:
         """
         t, lg = self.trainer, self.logger_cfg
         tasks = list(self.tasks)
-        sums = torch.zeros(2, len(tasks), device=self.device)  # losses, weights since the last log
+        sums = self.sums.zero_()  # (2, T): losses and weights summed since the last log
         count, samples, t_log = 0, 0, time.perf_counter()
         t_start, stopped_early = time.perf_counter(), False
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not lg.progress_bar, dynamic_ncols=True,
@@ -183,11 +187,7 @@ class TrainRecipe:
             for i, batch in enumerate(self.train_loader.epoch(self.epoch, start=start), start=start):
                 if i >= self.steps_per_epoch * t.accumulate_grad_batches:
                     break
-                losses, weights = training_step(self.forward_model, self.tasks, self.balancer, batch,
-                                                self.autocast, self.scaler, self.shared_params, self.step,
-                                                1.0 / t.accumulate_grad_batches)
-                sums[0] += losses
-                sums[1] += weights
+                self.micro_step(batch)
                 micro += 1
                 if micro % t.accumulate_grad_batches:
                     continue
@@ -212,6 +212,14 @@ class TrainRecipe:
         bar.close()
         self.finish(time.perf_counter() - t_start, stopped_early)
         return float(self.best["value"])
+
+    def micro_step(self, batch: Batch) -> None:
+        """Forward and backward of one (micro-)batch; its losses and weights are summed on the device."""
+        losses, weights = training_step(self.forward_model, self.tasks, self.balancer, batch, self.autocast,
+                                        self.scaler, self.shared_params, self.step,
+                                        1.0 / self.trainer.accumulate_grad_batches)
+        self.sums[0] += losses
+        self.sums[1] += weights
 
     def optimizer_step(self) -> None:
         """Unscale, clip, step, update the scaler and the schedule, clear gradients."""

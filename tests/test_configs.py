@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CONFIGS, TINY, compose_cfg
 
 from mtmm_train.errors import UserError
@@ -13,6 +14,9 @@ from mtmm_train.recipe import TrainRecipe
 SYNTHETIC_MODALITIES = ("image", "audio", "text", "tabular")
 SYNTHETIC_TASKS = ("category", "match", "tags", "score")
 ALL_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.name != "train.yaml")
+# Groups in train.yaml's defaults list are chosen with group=name; optional ones with +group=name.
+DEFAULT_GROUPS = {next(iter(d)) for d in yaml.safe_load((CONFIGS / "train.yaml").read_text())["defaults"]
+                  if isinstance(d, dict)}
 
 
 def override_for(path: Path, target: str | None = None) -> str:
@@ -22,7 +26,7 @@ def override_for(path: Path, target: str | None = None) -> str:
         return f"encoder@model.encoders.{target}={path.stem}"
     if group == "head":
         return f"head@model.heads.{target}={path.stem}"
-    return f"{group}={path.stem}"
+    return f"{'' if group in DEFAULT_GROUPS else '+'}{group}={path.stem}"
 
 
 def test_there_are_configs_in_every_group() -> None:
