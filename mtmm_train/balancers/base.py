@@ -1,4 +1,4 @@
-"""The balancer contract."""
+"""The balancer contract, and the helpers every family shares."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class BalanceContext:
         scaler: the ``GradScaler`` (disabled unless fp16); backward passes go through
             ``scaler.scale``.
         step: the optimizer step about to be taken.
+        amp: whether the forward pass ran under a reduced-precision autocast (bf16 or fp16).
     """
 
     shared: Tensor
@@ -27,6 +28,7 @@ class BalanceContext:
     labeled_counts: dict[str, Tensor]
     scaler: torch.amp.GradScaler
     step: int
+    amp: bool = False
 
 
 class Balancer(nn.Module):
@@ -47,3 +49,50 @@ class Balancer(nn.Module):
             task -> the weight the task received this step (a detached scalar tensor).
         """
         raise NotImplementedError
+
+    def active_mask(self, ctx: BalanceContext) -> Tensor:
+        """``(T,)`` float: 1 for a task with at least one labelled sample in the batch, else 0.
+
+        Stays on the device (no host synchronisation), so stateful balancers can mask their
+        updates without slowing the loop.
+        """
+        return torch.stack([ctx.labeled_counts[t] for t in self.tasks]).gt(0).float()
+
+
+def loss_scale(ctx: BalanceContext, device: torch.device) -> Tensor:
+    """The GradScaler's current scale as a device tensor (1 when the scaler is disabled).
+
+    ``scaler.scale`` of a one returns it without reading the scale on the host.
+    """
+    return ctx.scaler.scale(torch.ones((), device=device))
+
+
+def representation_gramian(losses: list[Tensor], shared: Tensor, scale: Tensor | float = 1.0
+                           ) -> tuple[Tensor, Tensor]:
+    """The per-task gradients with respect to ``shared`` and their Gramian, in float32.
+
+    Only the layers after ``shared`` (task-specific parts and heads) are differentiated, so
+    this costs a fraction of a backward pass per task. The graph is kept for the real backward.
+
+    Args:
+        losses: one scalar per task, already multiplied by ``scale`` (fp16 loss scaling keeps
+            small gradients of a half-precision representation from underflowing).
+        shared: the shared representation ``(B, D)`` the losses depend on.
+        scale: the factor the losses carry; the Gramian is unscaled by it.
+
+    Returns:
+        ``(rows, gramian)``: the scaled gradients ``(T, B*D)`` in float32 and the unscaled
+        Gramian ``(T, T)`` in float32 (computed outside autocast).
+    """
+    grads = [torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)[0] for loss in losses]
+    with torch.autocast(shared.device.type, enabled=False):
+        rows = torch.stack([torch.zeros_like(shared).flatten() if g is None else g.flatten() for g in grads]).float()
+        unscaled = rows / scale
+        return rows, unscaled @ unscaled.T
+
+
+def cosine_matrix(gramian: Tensor) -> Tensor:
+    """Pairwise cosine similarities from a Gramian; NaN where a gradient is zero."""
+    norms = gramian.diagonal().clamp_min(0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, gramian / denom.clamp_min(1e-30), torch.full_like(gramian, float("nan")))

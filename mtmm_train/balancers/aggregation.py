@@ -1,0 +1,100 @@
+"""Gradient aggregation: weights from the Gramian of the per-task gradients, in two spaces."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtmm_train.balancers import torchjd_api
+from mtmm_train.balancers.base import BalanceContext, Balancer, loss_scale, representation_gramian
+from mtmm_train.errors import UserError
+
+MODES = ("representation", "parameters")
+
+
+class GradientAggregation(Balancer):
+    """Base of the methods that combine the rows of the per-task Jacobian ``J`` into one update.
+
+    Every method here is a *weighting*: from the Gramian ``G = J J^T`` it computes weights
+    ``w``, and the shared parameters receive ``w @ J``. Task-specific parameters (after the
+    shared representation) receive the gradient of their own task's loss, unweighted.
+
+    Two spaces for ``J`` (``mode``):
+
+    * ``representation``: ``J`` holds the gradients of the losses with respect to the shared
+      representation (``BalanceContext.shared``). Only the task-specific layers are
+      differentiated per task, then one ordinary backward pass carries ``w`` down the shared
+      layers: about the cost of a static-weights step.
+    * ``parameters``: ``J`` holds the gradients with respect to every shared parameter (one
+      backward pass per task through the whole shared network, and memory for ``T`` gradient
+      copies): the method's exact definition, several times the cost of a step.
+
+    A task without a labelled sample in the batch is left out (its row is dropped, not
+    zeroed); it reports weight 0. Weights are computed in float64 on the CPU, outside
+    autocast; under fp16 the Jacobian is unscaled first, and a non-finite one skips the solver
+    (the GradScaler then skips the step).
+
+    Args:
+        tasks: task names (passed in by the recipe).
+        mode: ``representation`` or ``parameters``.
+    """
+
+    def __init__(self, tasks: list[str], mode: str = "representation") -> None:
+        super().__init__(tasks)
+        if mode not in MODES:
+            raise UserError(f"balancer.mode is '{mode}'; allowed: {', '.join(MODES)}; e.g. balancer.mode=representation")
+        self.mode = mode
+
+    def weights(self, gramian: Tensor) -> Tensor:
+        """The method: weights ``(m,)`` from a float64 CPU Gramian ``(m, m)`` of ``m >= 1`` tasks."""
+        raise NotImplementedError
+
+    def solve(self, gramian: Tensor) -> Tensor:
+        """:meth:`weights` in float64 on the CPU outside autocast; ones if the Gramian is not finite."""
+        g = gramian.detach().to("cpu", torch.float64)
+        if not torch.isfinite(g).all():
+            return torch.ones(g.shape[0], dtype=torch.float64)
+        with torch.autocast("cpu", enabled=False):
+            return self.weights(g)
+
+    def aggregate(self, jacobian: Tensor) -> Tensor:
+        """The aggregated update ``w(J J^T) @ J`` of a Jacobian ``(m, n)`` (in its dtype)."""
+        return self.solve(jacobian @ jacobian.T).to(jacobian) @ jacobian
+
+    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+        device = ctx.shared.device
+        # Reading the counts synchronises; the solvers run on the host anyway.
+        counts = torch.stack([ctx.labeled_counts[t] for t in self.tasks]).tolist()
+        active = [t for t, n in zip(self.tasks, counts, strict=True) if n > 0]
+        out = torch.zeros(len(self.tasks), device=device)
+        if active:
+            scale = loss_scale(ctx, device)
+            scaled = [ctx.scaler.scale(losses[t]) for t in active]
+            w = self._through_representation(scaled, ctx, scale) if self.mode == "representation" \
+                else self._through_parameters(scaled, ctx, scale)
+            out[[self.tasks.index(t) for t in active]] = w
+        return dict(zip(self.tasks, out.unbind(), strict=True))
+
+    def _through_representation(self, scaled: list[Tensor], ctx: BalanceContext, scale: Tensor) -> Tensor:
+        rows, gramian = representation_gramian(scaled, ctx.shared, scale)  # (m, B*D) scaled, (m, m)
+        w = self.solve(gramian).to(rows)
+        # One backward of sum_t L_t gives each head its own gradient; the extra term turns the
+        # representation's gradient from sum_t J_t into sum_t w_t J_t.
+        correction = ((w - 1) @ rows).view_as(ctx.shared).to(ctx.shared.dtype)
+        (torch.stack(scaled).sum() + (ctx.shared * correction).sum()).backward()
+        return w
+
+    def _through_parameters(self, scaled: list[Tensor], ctx: BalanceContext, scale: Tensor) -> Tensor:
+        params = [p for p in ctx.shared_params if p.requires_grad]
+        jacobians = torchjd_api.shared_jacobians(scaled, ctx.shared, params, sequential=ctx.amp)
+        with torch.autocast(ctx.shared.device.type, enabled=False):
+            used = [(p, j.flatten(1).float()) for p, j in zip(params, jacobians, strict=True) if j is not None]
+            gramian = sum(j @ j.T for _, j in used) / scale**2
+            w = self.solve(gramian).to(device=ctx.shared.device, dtype=torch.float32)
+            for p, j in used:
+                g = (w @ j).view_as(p).to(p.dtype)
+                p.grad = g if p.grad is None else p.grad + g
+        return w
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"

@@ -1,0 +1,68 @@
+"""FAMO (Liu et al., 2023): fast adaptive multitask optimisation, balancing log-loss decrease."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.errors import UserError
+
+
+class FAMO(Balancer):
+    """Gradient of ``sum_t z_t log L_t`` (normalised), with task logits ``xi``, ``z = softmax(xi)``,
+    learned so that every task's log-loss falls at the same rate, at the cost of static weights
+    (`FAMO: Fast Adaptive Multitask Optimization <https://arxiv.org/abs/2306.03792>`_).
+
+    The logits step uses ``delta_t = log L_t(previous step) - log L_t(this step)``: the paper's
+    code evaluates the new loss on the same batch with an extra forward pass; here it is the next
+    batch's loss, which costs nothing and averages out over steps. The logits follow plain
+    gradient descent with weight decay (Algorithm 1 of the paper).
+
+    The weights ``z_t / (c L_t)`` are scaled to sum ``sum_t w_t L_t = K``, the number of tasks
+    with labels in the batch (so they compare with static weights). Unlabelled tasks get weight
+    0, and a task's ``delta`` counts only when it had labels at both steps (all on the device).
+
+    Args:
+        tasks: task names (passed in by the recipe).
+        lr: learning rate of the logits (the paper's beta).
+        weight_decay: the logits' decay (the paper's gamma).
+        min_loss: a lower bound of every loss (``L_t - min_loss`` must stay positive).
+    """
+
+    def __init__(self, tasks: list[str], lr: float = 0.025, weight_decay: float = 1e-3, min_loss: float = 0.0) -> None:
+        super().__init__(tasks)
+        for key, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"balancer.{key} should be a non-negative float. Found {key} = {value!r}")
+        if not isinstance(min_loss, (int, float)):
+            raise UserError(f"balancer.min_loss should be a float. Found min_loss = {min_loss!r}")
+        self.lr, self.weight_decay, self.min_loss = float(lr), float(weight_decay), float(min_loss)
+        n = len(self.tasks)
+        self.register_buffer("logits", torch.zeros(n))
+        self.register_buffer("previous_log_loss", torch.zeros(n))
+        self.register_buffer("previous_active", torch.zeros(n))
+
+    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+        active = self.active_mask(ctx)
+        loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
+        gap = (loss.detach() - self.min_loss).clamp_min(1e-8)
+        self._update_logits(gap.log(), active)
+        z = torch.softmax(self.logits, 0)
+        share = active * z / gap
+        weights = share * active.sum() / share.sum().clamp_min(1e-30)
+        ctx.scaler.scale((weights * loss).sum()).backward()
+        return dict(zip(self.tasks, weights.unbind(), strict=True))
+
+    @torch.no_grad()
+    def _update_logits(self, log_loss: Tensor, active: Tensor) -> None:
+        both = active * self.previous_active
+        delta = both * (self.previous_log_loss - log_loss)
+        z = torch.softmax(self.logits, 0)
+        grad = z * (delta - (z * delta).sum())  # (diag(z) - z z^T) delta: d(z . delta)/d(xi)
+        self.logits -= self.lr * (grad + self.weight_decay * self.logits)
+        self.previous_log_loss.copy_(torch.where(active > 0, log_loss, self.previous_log_loss))
+        self.previous_active.copy_(active)
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr}, weight_decay={self.weight_decay}, min_loss={self.min_loss}"
