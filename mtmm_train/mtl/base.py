@@ -12,6 +12,12 @@ class MTLArchitecture(nn.Module):
     task, and ``shared``, the last tensor that every task depends on (gradient-aggregation
     balancers differentiate with respect to it), or ``z`` when tasks share nothing after it.
 
+    ``shared`` must cut every path from the shared parameters to the losses: what comes after it
+    must be task-specific (a layer after it that several tasks use would be treated as
+    task-specific, and escape the aggregation; an operation several tasks share would be
+    backpropagated twice). Architectures whose tasks read several shared tensors (experts and
+    the gates' input) return their concatenation, and read slices of it.
+
     Args:
         in_dim: size of the fused representation (passed in by the recipe).
         tasks: task names (passed in by the recipe).
@@ -30,3 +36,11 @@ class MTLArchitecture(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters that every task's loss depends on (all of them, by default)."""
         return list(self.parameters())
+
+    def gate_weights(self) -> dict[str, Tensor]:
+        """Mixing weights of the last forward pass, for logging: ``"<task>/<expert>"`` -> scalar.
+
+        Detached batch means, still on the device (reading them is the caller's choice).
+        Architectures without gates return an empty dict.
+        """
+        return {}
