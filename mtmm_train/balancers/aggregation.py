@@ -42,7 +42,8 @@ class GradientAggregation(Balancer):
     def __init__(self, tasks: list[str], mode: str = "representation") -> None:
         super().__init__(tasks)
         if mode not in MODES:
-            raise UserError(f"balancer.mode is '{mode}'; allowed: {', '.join(MODES)}; e.g. balancer.mode=representation")
+            raise UserError(f"balancer.mode is '{mode}'; allowed: {', '.join(MODES)}; "
+                            "e.g. balancer.mode=representation")
         self.mode = mode
 
     def weights(self, gramian: Tensor) -> Tensor:

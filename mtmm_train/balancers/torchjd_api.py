@@ -35,7 +35,8 @@ def _torchjd():  # noqa: ANN202 - the module object
         import torchjd.aggregation
         import torchjd.autojac
     except ImportError:
-        raise UserError(f"this balancer needs torchjd, which is not installed; install it with: {INSTALL_HINT}") from None
+        raise UserError(f"this balancer needs torchjd, which is not installed; install it with: {INSTALL_HINT}"
+                        ) from None
     version = importlib.metadata.version("torchjd")  # torchjd has no __version__
     if version != PINNED_VERSION:
         log.warning("torchjd %s is installed; mtmm-train is tested with %s (%s)", version, PINNED_VERSION, INSTALL_HINT)
