@@ -46,9 +46,10 @@ def train(output_dir: Path, overrides: list[str] | None = None, tiny: bool = Tru
 
 def run_cli(args: list[str], cwd: Path, module: str = "mtmm_train", timeout: int = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` in ``cwd`` on the CPU; capture its output."""
+    """Run ``python -m <module> <args>`` (a script: ``module=""``) in ``cwd`` on the CPU; capture its output."""
     full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+    command = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 
 
