@@ -161,7 +161,8 @@ def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int,
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'config':<16} {'mode':<13} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} {'TFLOP/s':>8} {'MFU':>6}"
+    head = (f"{'config':<16} {'mode':<13} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} "
+            f"{'TFLOP/s':>8} {'MFU':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["default", "large"], help=f"presets: {', '.join(PRESETS)}")
     parser.add_argument("--override", nargs="*", default=[], help="extra overrides for every config")
-    parser.add_argument("--modes", nargs="+", default=None, help=f"{', '.join(MODES)} (default: fp32 on CPU, all on CUDA)")
+    parser.add_argument("--modes", nargs="+", default=None,
+                        help=f"{', '.join(MODES)} (default: fp32 on CPU, all on CUDA)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="steps per round and path")
     parser.add_argument("--warmup", type=int, default=5)

