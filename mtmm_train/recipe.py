@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mtmm_train import checkpoint
-from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.balancers.base import BalanceContext, Balancer, cosine_scalars, task_gramian
 from mtmm_train.batch import Batch
 from mtmm_train.builders import build
 from mtmm_train.config import LoggerConfig, TrainerConfig, check_names, check_trainer, typed
@@ -40,20 +40,28 @@ AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, batch: Batch,
                   autocast: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
-                  shared_params: list[nn.Parameter], step: int, loss_scale: float) -> tuple[Tensor, Tensor]:
+                  shared_params: list[nn.Parameter], step: int, loss_scale: float,
+                  gramian: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Forward, per-task losses, and the balancer's backward for one (micro-)batch.
 
+    Args:
+        gramian: also return the Gramian of the task gradients w.r.t. the shared representation
+            (for logging their cosine similarities; costs a backward through the heads per task).
+
     Returns:
-        ``(losses, weights)``: detached ``(T,)`` tensors in task order, still on the device.
+        ``(losses, weights, gramian)``: detached ``(T,)`` tensors in task order, still on the
+        device, and the ``(T, T)`` Gramian or None.
     """
     with autocast:
         preds, shared = model(batch.inputs, batch.present)
         losses = {t: task.loss(preds[t], batch.targets[t], batch.labeled[t]) * loss_scale
                   for t, task in tasks.items()}
-    ctx = BalanceContext(shared, shared_params, {t: batch.labeled[t].sum() for t in tasks}, scaler, step)
+        amp = torch.is_autocast_enabled(shared.device.type)
+    ctx = BalanceContext(shared, shared_params, {t: batch.labeled[t].sum() for t in tasks}, scaler, step, amp)
+    grams = task_gramian([losses[t] for t in tasks], ctx) if gramian else None  # before backward frees the graph
     weights = balancer.backward(losses, ctx)
     return (torch.stack([losses[t] for t in tasks]).detach() / loss_scale,
-            torch.stack([weights[t] for t in tasks]).detach().float())
+            torch.stack([weights[t] for t in tasks]).detach().float(), grams)
 
 
 class TrainRecipe:
@@ -150,6 +158,9 @@ class TrainRecipe:
         self.bad_epochs = 0
         self.skipped_steps = 0  # fp16 steps skipped because gradients overflowed
         self.sums = torch.zeros(2, len(self.tasks), device=self.device)
+        # Each step's weights, row `step % N`, written to TensorBoard at the next log.
+        self.step_weights = torch.zeros(self.logger_cfg.log_every_n_steps, len(self.tasks), device=self.device)
+        self.gramian: Tensor | None = None  # of the task gradients at the last logged step
         self.last_metrics: dict[str, float] = {}
         self.resumed_from = self.maybe_resume(t.resume)
         self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=self.logger_cfg.tensorboard,
@@ -201,7 +212,7 @@ class TrainRecipe:
                     mean = (sums / count).tolist()
                     elapsed = time.perf_counter() - t_log
                     self.log_train(dict(zip(tasks, mean[0], strict=True)), dict(zip(tasks, mean[1], strict=True)),
-                                   samples / max(elapsed, 1e-9), bar)
+                                   samples / max(elapsed, 1e-9), bar, steps=count)
                     sums.zero_()
                     count, samples, t_log = 0, 0, time.perf_counter()
                 if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
@@ -215,11 +226,16 @@ class TrainRecipe:
 
     def micro_step(self, batch: Batch) -> None:
         """Forward and backward of one (micro-)batch; its losses and weights are summed on the device."""
-        losses, weights = training_step(self.forward_model, self.tasks, self.balancer, batch, self.autocast,
-                                        self.scaler, self.shared_params, self.step,
-                                        1.0 / self.trainer.accumulate_grad_batches)
+        acc, every = self.trainer.accumulate_grad_batches, self.logger_cfg.log_every_n_steps
+        logged = self.logger_cfg.tensorboard and ((self.step + 1) % every == 0 or self.step + 1 == self.total_steps)
+        losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
+                                                 self.autocast, self.scaler, self.shared_params, self.step,
+                                                 1.0 / acc, gramian=logged)
         self.sums[0] += losses
         self.sums[1] += weights
+        self.step_weights[self.step % every] += weights / acc
+        if gramian is not None:
+            self.gramian = gramian
 
     def optimizer_step(self) -> None:
         """Unscale, clip, step, update the scaler and the schedule, clear gradients."""
@@ -241,12 +257,25 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def log_train(self, losses: dict[str, float], weights: dict[str, float], samples_per_s: float, bar: tqdm) -> None:
-        """Write the interval's mean losses and weights to TensorBoard and the progress bar."""
+    def log_train(self, losses: dict[str, float], weights: dict[str, float], samples_per_s: float, bar: tqdm,
+                  steps: int = 1) -> None:
+        """Write the interval's mean losses, each of its ``steps`` steps' weights, the gates'
+        weights and the task gradients' cosine similarities to TensorBoard and the progress bar."""
         total = sum(weights[t] * losses[t] for t in losses)
+        every = len(self.step_weights)
+        rows = self.step_weights[[s % every for s in range(self.step - steps, self.step)]].tolist()
+        self.step_weights.zero_()
+        for s, row in zip(range(self.step - steps + 1, self.step + 1), rows, strict=True):
+            self.tb.scalars({f"train/weight/{t}": v for t, v in zip(self.tasks, row, strict=True)}, s)
         scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
-                   **{f"train/weight/{t}": v for t, v in weights.items()},
                    "lr": self.optimizer.param_groups[0]["lr"], "perf/samples_per_s": samples_per_s}
+        gates = self.model.mtl.gate_weights()
+        if gates:
+            scalars.update(zip([f"train/gate/{k}" for k in gates], torch.stack(list(gates.values())).tolist(),
+                               strict=True))
+        if self.gramian is not None:
+            scalars.update(cosine_scalars(self.gramian, list(self.tasks)))
+            self.gramian = None
         if self.scaler.is_enabled():
             scalars["train/skipped_steps"] = self.skipped_steps
         self.tb.scalars(scalars, self.step)

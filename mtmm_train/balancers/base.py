@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -91,8 +92,22 @@ def representation_gramian(losses: list[Tensor], shared: Tensor, scale: Tensor |
         return rows, unscaled @ unscaled.T
 
 
-def cosine_matrix(gramian: Tensor) -> Tensor:
-    """Pairwise cosine similarities from a Gramian; NaN where a gradient is zero."""
-    norms = gramian.diagonal().clamp_min(0).sqrt()
-    denom = norms[:, None] * norms[None, :]
-    return torch.where(denom > 0, gramian / denom.clamp_min(1e-30), torch.full_like(gramian, float("nan")))
+def task_gramian(losses: list[Tensor], ctx: BalanceContext) -> Tensor:
+    """The ``(T, T)`` Gramian of the task gradients w.r.t. ``ctx.shared`` (float32, unscaled)."""
+    scale = loss_scale(ctx, ctx.shared.device)
+    return representation_gramian([ctx.scaler.scale(loss) for loss in losses], ctx.shared, scale)[1]
+
+
+def cosine_scalars(gramian: Tensor, tasks: list[str]) -> dict[str, float]:
+    """``train/grad_cosine/<a>/<b>`` -> cosine similarity of tasks a and b's gradients (a before b).
+
+    Pairs with a zero gradient (a task without labels in the batch) are left out.
+    """
+    g = gramian.double().tolist()
+    out = {}
+    for i, a in enumerate(tasks):
+        for j in range(i + 1, len(tasks)):
+            denom = math.sqrt(max(g[i][i], 0.0) * max(g[j][j], 0.0))
+            if denom > 0 and math.isfinite(denom):
+                out[f"train/grad_cosine/{a}/{tasks[j]}"] = g[i][j] / denom
+    return out
