@@ -43,6 +43,7 @@ class CAGrad(GradientAggregation):
         mean = np.full(m, 1.0 / m)
         if np.trace(G) <= 0 or self.c == 0:
             return torch.from_numpy(mean)
+        G = G / (np.trace(G) / m)  # the weights do not depend on the scale; the solver's tolerance does
         b = G @ mean  # g_i . g0
         radius = self.c * np.sqrt(max(mean @ b, 0.0))  # c |g0|
 
@@ -55,7 +56,7 @@ class CAGrad(GradientAggregation):
                        options={"ftol": self.tol, "maxiter": 200})
         w = np.clip(res.x, 0.0, None)
         gw = np.sqrt(max(w @ G @ w, 0.0))
-        if gw < 1e-12 * np.sqrt(np.trace(G)):
+        if gw < 1e-12:
             # A convex combination of the gradients vanishes: a Pareto-stationary point, no
             # direction improves every task (torchjd answers zero too).
             return torch.zeros(m, dtype=torch.float64)

@@ -48,7 +48,7 @@ def gramian_weighting(name: str, **params: object) -> Callable[[Tensor], Tensor]
 
     Args:
         name: ``upgrad`` (params ``norm_eps``, ``reg_eps``), ``mgda`` (``epsilon``,
-            ``max_iters``), ``pcgrad``, ``imtl_g`` or ``aligned_mtl`` (``scale_mode``).
+            ``max_iters``), ``pcgrad`` or ``aligned_mtl`` (``scale_mode``).
         params: the method's parameters, as named above.
 
     Returns:
@@ -68,8 +68,6 @@ def gramian_weighting(name: str, **params: object) -> Callable[[Tensor], Tensor]
             return agg.MGDAWeighting(epsilon=params["epsilon"], max_iters=params["max_iters"])
         if name == "pcgrad":
             return agg.PCGradWeighting()
-        if name == "imtl_g":
-            return agg.IMTLGWeighting()
         if name == "aligned_mtl":
             return agg.AlignedMTLWeighting(scale_mode=params["scale_mode"])
     except ImportError as e:
