@@ -24,7 +24,7 @@ from mtmm_train.data.readers.base import MAX_LISTED, UNSEEN_POLICIES, ModalityRe
 from mtmm_train.data.splits import SPLITS, assign_splits
 from mtmm_train.errors import UserError, check
 
-__all__ = ["build_readers", "files", "from_table"]
+__all__ = ["build_readers", "files", "from_frame", "from_table"]
 
 log = logging.getLogger("mtmm_train")
 
@@ -178,3 +178,18 @@ def check_files(table: Table, root: Path, readers: dict[str, ModalityReader | Ta
     if problems:
         raise UserError(f"{'; '.join(problems)}; paths are relative to the manifest's folder {root}; fix them, or "
                         "empty the cells of samples that lack the file")
+
+
+def from_frame(frame: Any, modalities: dict[str, Any], tasks: dict[str, Any], split_ratios: list[float],
+               seed: int, unseen_classes: str = "error") -> MultiModalData:
+    """A pandas data frame with reader configs -> :class:`MultiModalData` (the built-in tables use it).
+
+    Args:
+        frame: the data frame (one row per sample; NaN is an empty cell).
+        modalities: modality name -> reader config, as in :func:`files`.
+        tasks: task name -> target config.
+        split_ratios, seed, unseen_classes: as in :func:`files`.
+    """
+    table = {str(c): frame[c].tolist() for c in frame.columns}
+    return from_table(table, Path.cwd(), build_readers(modalities, "modalities", ModalityReader),
+                      build_readers(tasks, "tasks", TargetReader), None, list(split_ratios), seed, unseen_classes)
