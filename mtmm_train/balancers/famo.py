@@ -56,6 +56,9 @@ class FAMO(Balancer):
 
     @torch.no_grad()
     def _update_logits(self, log_loss: Tensor, active: Tensor) -> None:
+        # An overflowed loss (fp16; the GradScaler skips that step) must not enter the state.
+        active = active * torch.isfinite(log_loss)
+        log_loss = log_loss.nan_to_num(0.0, posinf=0.0, neginf=0.0)
         both = active * self.previous_active
         delta = both * (self.previous_log_loss - log_loss)
         z = torch.softmax(self.logits, 0)

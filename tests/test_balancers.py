@@ -1,0 +1,291 @@
+"""Every balancer config on a tiny model: it trains, drops unlabelled tasks, survives bf16 and fp16.
+
+The model is a one-layer trunk and three linear heads on fixed data, with conflicting tasks
+(``b``'s target is close to minus ``a``'s), so that every method has something to balance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import pytest
+import torch
+from conftest import CONFIGS, compose_cfg
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from mtmm_train.balancers import MGDA, UPGrad, torchjd_api
+from mtmm_train.balancers.aggregation import GradientAggregation
+from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.builders import build
+from mtmm_train.errors import UserError
+
+TASKS = ["a", "b", "c"]
+BALANCERS = sorted(p.stem for p in (CONFIGS / "balancer").glob("*.yaml"))
+AGGREGATORS = ["pcgrad", "mgda", "cagrad", "upgrad", "nash_mtl", "imtl_g", "aligned_mtl"]
+CASES = [(b, None) for b in BALANCERS] + [(b, "parameters") for b in AGGREGATORS]
+
+
+class Tiny(nn.Module):
+    """``x (B, 4) -> h (B, 8) -> one output per task``; ``norm`` adds a LayerNorm or BatchNorm."""
+
+    def __init__(self, tasks: list[str] = TASKS, norm: str | None = None) -> None:
+        super().__init__()
+        layers = [nn.Linear(4, 8)] + {None: [], "layer": [nn.LayerNorm(8)], "batch": [nn.BatchNorm1d(8)]}[norm]
+        self.trunk = nn.Sequential(*layers, nn.Tanh())
+        self.heads = nn.ModuleDict({t: nn.Linear(8, 1) for t in tasks})
+
+    def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        h = self.trunk(x)
+        return {t: head(h).squeeze(1) for t, head in self.heads.items()}, h
+
+
+def data(n: int = 32) -> tuple[Tensor, dict[str, Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    w = torch.randn(4, generator=g)
+    ys = {"a": x @ w, "b": -(x @ w) + 0.5 * x[:, 0], "c": x[:, 1] - x[:, 2]}
+    return x, ys
+
+
+@functools.cache
+def balancer_config(name: str, mode: str | None) -> DictConfig:
+    return compose_cfg([f"balancer={name}"] + ([f"balancer.mode={mode}"] if mode else [])).balancer
+
+
+def make(name: str, mode: str | None = None, tasks: list[str] = TASKS) -> Balancer:
+    """A fresh balancer built from ``configs/balancer/<name>.yaml``, as the recipe builds it."""
+    return build(balancer_config(name, mode), "balancer", tasks=tasks)
+
+
+def step(model: Tiny, balancer: Balancer, x: Tensor, ys: dict[str, Tensor], labeled: dict[str, Tensor],
+         autocast: contextlib.AbstractContextManager | None = None,
+         scaler: torch.amp.GradScaler | None = None, amp: bool = False, poison: str | None = None,
+         index: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One forward and balancer backward (masked MSE per task, as the Task classes compute it)."""
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    with autocast or contextlib.nullcontext():
+        preds, shared = model(x)
+        losses = {}
+        for t in balancer.tasks:
+            per = (preds[t].float() - ys[t]) ** 2
+            losses[t] = torch.where(labeled[t], per, 0.0).sum() / labeled[t].sum().clamp_min(1)
+        if poison:
+            losses[poison] = losses[poison] * float("inf")
+    ctx = BalanceContext(shared, list(model.trunk.parameters()), {t: labeled[t].sum() for t in balancer.tasks},
+                         scaler, index, amp)
+    return losses, balancer.backward(losses, ctx)
+
+
+def all_labeled(n: int = 32, tasks: list[str] = TASKS) -> dict[str, Tensor]:
+    return {t: torch.ones(n, dtype=torch.bool) for t in tasks}
+
+
+def grads(model: nn.Module) -> dict[str, Tensor]:
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+# ---------------------------------------------------------------- contract
+@pytest.mark.parametrize(("name", "mode"), CASES, ids=[f"{b}-{m or 'default'}" for b, m in CASES])
+def test_every_balancer_config_trains_the_tiny_model(name: str, mode: str | None) -> None:
+    torch.manual_seed(0)
+    model, balancer = Tiny(), make(name, mode)
+    assert isinstance(balancer, Balancer) and balancer.tasks == TASKS
+    x, ys = data()
+    opt = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=0.1)
+    first = None
+    for _ in range(15):
+        opt.zero_grad()
+        losses, weights = step(model, balancer, x, ys, all_labeled())
+        total = sum(float(v.detach()) for v in losses.values())
+        first = total if first is None else first
+        assert set(weights) == set(TASKS)
+        assert all(w.dim() == 0 and torch.isfinite(w) and not w.requires_grad for w in weights.values())
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+    assert total < 0.9 * first, (name, first, total)
+
+
+def test_bad_values_are_one_line_user_errors() -> None:
+    for override, key in [("balancer=upgrad", "mode=sideways"), ("balancer=cagrad", "c=-1"),
+                          ("balancer=dwa", "window=0"), ("balancer=aligned_mtl", "scale_mode=max"),
+                          ("balancer=nash_mtl", "ridge=0"), ("balancer=gradnorm", "alpha=-1")]:
+        cfg = compose_cfg([override, f"balancer.{key}"])
+        with pytest.raises(UserError, match=f"balancer.{key.split('=')[0]}"):
+            build(cfg.balancer, "balancer", tasks=TASKS)
+
+
+# ---------------------------------------------------------------- the two spaces
+def test_representation_mode_weights_the_shared_gradient_and_leaves_heads_unweighted() -> None:
+    torch.manual_seed(0)
+    model, x, ys = Tiny(), *data()
+    losses, weights = step(model, UPGrad(TASKS), x, ys, all_labeled())
+    got = grads(model)
+    model.zero_grad()
+    preds, _ = model(x)
+    expected = {}
+    for t in TASKS:
+        loss = ((preds[t] - ys[t]) ** 2).mean()
+        g = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True, allow_unused=True)
+        for (k, _), gi in zip(model.named_parameters(), g, strict=True):
+            if gi is not None:
+                w = weights[t] if k.startswith("trunk") else 1.0
+                expected[k] = expected.get(k, 0) + w * gi
+    for k in got:
+        assert torch.allclose(got[k], expected[k], atol=1e-5), k
+    assert sorted(float(w) for w in weights.values()) != [1.0, 1.0, 1.0]  # the tasks do conflict
+
+
+@pytest.mark.parametrize("method", [UPGrad, MGDA])
+def test_parameter_mode_aggregates_the_jacobian_of_the_shared_parameters(method: type) -> None:
+    torch.manual_seed(0)
+    model, x, ys = Tiny(), *data()
+    balancer = method(TASKS, mode="parameters")
+    step(model, balancer, x, ys, all_labeled())
+    got = torch.cat([p.grad.flatten() for p in model.trunk.parameters()])
+    preds, _ = model(x)
+    rows = []
+    for t in TASKS:
+        g = torch.autograd.grad(((preds[t] - ys[t]) ** 2).mean(), list(model.trunk.parameters()), retain_graph=True)
+        rows.append(torch.cat([gi.flatten() for gi in g]))
+    jac = torch.stack(rows)
+    assert torch.allclose(got, balancer.aggregate(jac), atol=1e-5)
+    assert not torch.allclose(got, jac.sum(0), atol=1e-3)
+
+
+# ---------------------------------------------------------------- sparse labels
+@pytest.mark.parametrize("method", [UPGrad, MGDA])
+@pytest.mark.parametrize("mode", ["representation", "parameters"])
+def test_a_task_without_labels_is_dropped_not_zeroed(method: type, mode: str) -> None:
+    x, ys = data()
+    labeled = {**all_labeled(), "c": torch.zeros(32, dtype=torch.bool)}
+    torch.manual_seed(0)
+    model = Tiny()
+    _, weights = step(model, method(TASKS, mode=mode), x, ys, labeled)
+    dropped = grads(model)
+    torch.manual_seed(0)
+    two = Tiny()
+    step(two, method(["a", "b"], mode=mode), x, ys, all_labeled(tasks=["a", "b"]))
+    for k, g in grads(two).items():
+        assert torch.allclose(dropped[k], g, atol=1e-6), k
+    assert float(weights["c"]) == 0.0 and float(weights["a"]) > 0
+    # Why not a zero row: it changes the answer (MGDA's min-norm point becomes 0).
+    jac = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(MGDA(TASKS).aggregate(jac), torch.zeros(2, dtype=torch.float64))
+    assert not torch.allclose(MGDA(TASKS).aggregate(jac[:2]), torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES, ids=[f"{b}-{m or 'default'}" for b, m in CASES])
+def test_sparse_labels_give_finite_updates(name: str, mode: str | None) -> None:
+    """Task c is labelled on every fourth step only, and then on a quarter of the batch."""
+    torch.manual_seed(0)
+    model, balancer, (x, ys) = Tiny(), make(name, mode), data()
+    opt = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=0.05)
+    quarter = torch.arange(32) % 4 == 0
+    for i in range(8):
+        labeled = {**all_labeled(), "c": quarter if i % 4 == 0 else torch.zeros(32, dtype=torch.bool)}
+        opt.zero_grad()
+        losses, weights = step(model, balancer, x, ys, labeled)
+        assert all(torch.isfinite(v) for v in losses.values())
+        assert all(torch.isfinite(w) for w in weights.values())
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        if isinstance(balancer, GradientAggregation) and i % 4:
+            assert float(weights["c"]) == 0.0
+        opt.step()
+    for buffer in balancer.buffers():
+        assert torch.isfinite(buffer).all() or name == "dwa"  # DWA keeps NaN for "no mean yet"
+
+
+def test_no_labelled_task_at_all_is_a_no_op() -> None:
+    x, ys = data()
+    none = {t: torch.zeros(32, dtype=torch.bool) for t in TASKS}
+    for name, mode in CASES:
+        model = Tiny()
+        _, weights = step(model, make(name, mode), x, ys, none)
+        assert all(torch.isfinite(w) for w in weights.values()), name
+        assert all(p.grad is None or not p.grad.any() for p in model.parameters()), name
+
+
+def test_stateful_balancers_ignore_unlabelled_steps() -> None:
+    x, ys = data()
+    no_c = {**all_labeled(), "c": torch.zeros(32, dtype=torch.bool)}
+    # Uncertainty: an unlabelled task's log-variance gets no gradient (the regulariser drops too).
+    unc = make("uncertainty")
+    step(Tiny(), unc, x, ys, no_c)
+    assert unc.log_vars.grad[2] == 0 and unc.log_vars.grad[0] != 0
+    # GradNorm: the first loss of c is recorded at its first labelled step, not before.
+    gn = make("gradnorm")
+    for labeled in (no_c, no_c, all_labeled()):
+        losses, _ = step(Tiny(), gn, x, ys, labeled)
+        if labeled is no_c:
+            assert gn.seen[2] == 0 and gn.initial_losses[2] == 0
+    assert gn.seen[2] == 1 and gn.initial_losses[2] == pytest.approx(float(losses["c"]))
+    assert float(gn.weights.sum()) == pytest.approx(3.0)
+    # DWA: a window's mean loss counts only the steps where the task had labels.
+    dwa = build(compose_cfg(["balancer=dwa", "balancer.window=2"]).balancer, "balancer", tasks=TASKS)
+    model = Tiny()
+    first, _ = step(model, dwa, x, ys, all_labeled(), index=0)
+    step(model, dwa, x, ys, no_c, index=1)
+    step(model, dwa, x, ys, no_c, index=2)  # a new window: window 0's means move to `previous`
+    assert float(dwa.previous[2]) == pytest.approx(float(first["c"]))  # not half of it
+    # FAMO: an unlabelled task gets weight 0.
+    _, weights = step(Tiny(), make("famo"), x, ys, no_c)
+    assert float(weights["c"]) == 0 and float(weights["a"]) > 0
+
+
+# ---------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_bf16_autocast_with_normalisation_layers(norm: str) -> None:
+    """torchjd issue 699: its vmap'd ``mtl_backward`` fails on an autocast graph with BatchNorm or
+    LayerNorm; with ``ctx.amp`` the aggregators differentiate one task at a time instead."""
+    x, ys = data()
+    model = Tiny(norm=norm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        preds, h = model(x)
+        losses = [((preds[t].float() - ys[t]) ** 2).mean() for t in TASKS]
+    with pytest.raises(RuntimeError, match="expected scalar type"):
+        torchjd_api.shared_jacobians(losses, h, list(model.trunk.parameters()), sequential=False)
+    for name, mode in CASES + [(a, "representation") for a in AGGREGATORS]:
+        torch.manual_seed(0)
+        model = Tiny(norm=norm)
+        _, weights = step(model, make(name, mode), x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.bfloat16),
+                          amp=True)
+        assert all(torch.isfinite(w) for w in weights.values()), (name, mode)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), (name, mode)
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES, ids=[f"{b}-{m or 'default'}" for b, m in CASES])
+def test_fp16_with_grad_scaler(name: str, mode: str | None) -> None:
+    """Loss scaling changes neither the weights nor the unscaled gradients (the Jacobian is
+    unscaled before aggregating); an overflowed step raises nothing and the scaler skips it."""
+    x, ys = data()
+    scale = 2.0**12
+    runs = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model, balancer = Tiny(), make(name, mode)
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=enabled)
+        _, weights = step(model, balancer, x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.float16), scaler,
+                          amp=True)
+        runs.append((weights, {k: g / (scale if enabled else 1.0) for k, g in grads(model).items()}))
+    (w0, g0), (w1, g1) = runs
+    for t in TASKS:
+        assert float(w1[t]) == pytest.approx(float(w0[t]), rel=2e-2, abs=1e-4), t
+    for k in g0:
+        assert torch.allclose(g1[k], g0[k], rtol=5e-2, atol=1e-3), k
+    # Overflow: one task's loss is infinite.
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    model, balancer = Tiny(), make(name, mode)
+    opt = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    step(model, balancer, x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.float16), scaler, amp=True,
+         poison="a")
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < scale  # the step was skipped
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    opt.zero_grad()
+    _, weights = step(model, balancer, x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.float16), scaler,
+                      amp=True)
+    assert all(torch.isfinite(w) for w in weights.values())  # the balancer's state survived
