@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,3 +291,23 @@ def test_fp16_with_grad_scaler(name: str, mode: str | None) -> None:
     _, weights = step(model, balancer, x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.float16), scaler,
                       amp=True)
     assert all(torch.isfinite(w) for w in weights.values())  # the balancer's state survived
+
+
+# ---------------------------------------------------------------- through the recipe
+@pytest.mark.slow
+def test_aggregators_train_in_the_recipe_in_bf16_and_on_a_single_task(tmp_path: Path) -> None:
+    from conftest import train
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def weights(folder: Path, task: str) -> list[float]:
+        acc = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [e.value for e in acc.Scalars(f"train/weight/{task}")]
+
+    recipe = train(tmp_path / "bf16", ["balancer=upgrad", "balancer.mode=parameters", "trainer.precision=bf16",
+                                       "tasks=[category,score]"])
+    assert all(math.isfinite(v) for k, v in recipe.best["metrics"].items() if "/loss/" in k)
+    assert len(weights(tmp_path / "bf16", "score")) == 3 and all(w > 0 for w in weights(tmp_path / "bf16", "score"))
+    # A single task (selected on the command line): CAGrad's one weight is 1 + c.
+    train(tmp_path / "one", ["balancer=cagrad", "tasks=[score]"])
+    assert weights(tmp_path / "one", "score") == pytest.approx([1.4] * 3)
