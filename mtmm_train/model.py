@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +21,8 @@ class MultiModalModel(nn.Module):
     Args:
         encoders: modality -> encoder.
         fusion: fuses the encoders' outputs (pooled, or tokens if ``fusion.wants_tokens``).
+            A late fusion (``fusion.decides``) instead gets the MTL architecture applied to
+            each modality alone, a copy of each head per modality, and combines the decisions.
         mtl: the multi-task architecture on the fused representation.
         heads: task -> head on the task's features.
         missing: ``"ignore"``: fusion skips absent modalities (by the masks);
@@ -37,6 +41,10 @@ class MultiModalModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.mtl = mtl
+        if fusion.decides:
+            # A head per modality per task, each freshly initialised.
+            fusion.add_tasks(list(heads))
+            heads = {t: nn.ModuleDict({m: _fresh_copy(h) for m in encoders}) for t, h in heads.items()}
         self.heads = nn.ModuleDict(heads)
         self.missing = missing
         self.modality_dropout = modality_dropout
@@ -55,7 +63,8 @@ class MultiModalModel(nn.Module):
         dropped = torch.where(dropped.any(1, keepdim=True), dropped, p)
         return {m: dropped[:, i] for i, m in enumerate(names)}
 
-    def embed(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def embed(self, inputs: dict[str, Tensor],
+              present: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Encode every modality; apply the missing-modality policy."""
         tokens = self.fusion.wants_tokens
         embs = {m: (enc.tokens(inputs[m]) if tokens else enc(inputs[m])) for m, enc in self.encoders.items()}
@@ -79,14 +88,44 @@ class MultiModalModel(nn.Module):
         if self.training and self.modality_dropout > 0:
             present = self.drop_modalities(present)
         embs, present = self.embed(inputs, present)
-        z = self.fusion(embs, present)  # (B, D)
+        z = self.fusion(embs, present)  # (B, D), or (B, M, D) for late fusion
+        if self.fusion.decides:
+            return self.decide_per_modality(z, present)
         features, shared = self.mtl(z)
         preds = {t: head(features[t]) for t, head in self.heads.items()}
         return preds, shared
 
+    def decide_per_modality(self, z: Tensor, present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """Late fusion: the MTL architecture and per-modality heads on each modality, then combine.
+
+        Args:
+            z: per-modality representations ``(B, M, D)``.
+            present: modality -> bool ``(B,)`` (after the missing-modality policy).
+
+        Returns:
+            ``(preds, shared)``; ``shared`` is the MTL architecture's shared tensor over the
+            ``B * M`` (sample, modality) rows.
+        """
+        b, m, d = z.shape
+        features, shared = self.mtl(z.reshape(b * m, d))
+        decisions = {}
+        for t, heads in self.heads.items():
+            f = features[t].view(b, m, -1)  # (B, M, F)
+            decisions[t] = torch.stack([heads[name](f[:, i]) for i, name in enumerate(self.fusion.modalities)], 1)
+        return self.fusion.combine(decisions, present), shared
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task depends on: encoders, fusion and the MTL architecture's shared part."""
-        params = [p for p in self.encoders.parameters()] + [p for p in self.fusion.parameters()]
+        params = list(self.encoders.parameters()) + self.fusion.shared_parameters()
         if self.missing == "learned":
             params += list(self.missing_embeddings.parameters())
         return params + self.mtl.shared_parameters()
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every layer's parameters drawn anew."""
+    clone = copy.deepcopy(module)
+    for layer in clone.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return clone
