@@ -311,3 +311,18 @@ def test_aggregators_train_in_the_recipe_in_bf16_and_on_a_single_task(tmp_path: 
     # A single task (selected on the command line): CAGrad's one weight is 1 + c.
     train(tmp_path / "one", ["balancer=cagrad", "tasks=[score]"])
     assert weights(tmp_path / "one", "score") == pytest.approx([1.4] * 3)
+
+
+def test_bench_balancers_table() -> None:
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_balancers import balancer_table
+
+    rows = balancer_table("cpu", (2,), overrides=("dataset.num_classes=2",), batch_size=8,
+                          balancers=["static", "upgrad"], steps=1, rounds=1, warmup=1)
+    assert [(r["balancer"], r["mode"]) for r in rows] == [("static", "-"), ("upgrad", "representation"),
+                                                          ("upgrad", "parameters")]
+    assert rows[0]["ratio"] == 1.0 and all(r["step_ms"] > 0 and "error" not in r for r in rows)
