@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,38 @@ def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, 
     """
     with autocast:
         preds, shared = model(batch.inputs, batch.present)
-        losses = {t: task.loss(preds[t], batch.targets[t], batch.labeled[t]) * loss_scale
-                  for t, task in tasks.items()}
+        losses = {t: task.loss(preds[t], batch.targets[t], batch.labeled[t]) for t, task in tasks.items()}
+        if loss_scale != 1.0:
+            losses = {t: loss * loss_scale for t, loss in losses.items()}
         amp = torch.is_autocast_enabled(shared.device.type)
-    ctx = BalanceContext(shared, shared_params, {t: batch.labeled[t].sum() for t in tasks}, scaler, step, amp)
+    ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled), scaler, step, amp)
     grams = task_gramian([losses[t] for t in tasks], ctx) if gramian else None  # before backward frees the graph
     weights = balancer.backward(losses, ctx)
-    return (torch.stack([losses[t] for t in tasks]).detach() / loss_scale,
+    stacked = torch.stack([losses[t] for t in tasks]).detach()
+    return (stacked if loss_scale == 1.0 else stacked / loss_scale,
             torch.stack([weights[t] for t in tasks]).detach().float(), grams)
+
+
+class LabeledCounts(Mapping):
+    """task -> number of labelled samples in the batch, summed on first access only.
+
+    Most balancers never look, so the loop does not pay a reduction per task per step.
+    """
+
+    def __init__(self, labeled: dict[str, Tensor]) -> None:
+        self.labeled = labeled
+        self.cache: dict[str, Tensor] = {}
+
+    def __getitem__(self, task: str) -> Tensor:
+        if task not in self.cache:
+            self.cache[task] = self.labeled[task].sum()
+        return self.cache[task]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.labeled)
+
+    def __len__(self) -> int:
+        return len(self.labeled)
 
 
 class TrainRecipe:
@@ -233,7 +258,7 @@ class TrainRecipe:
                                                  1.0 / acc, gramian=logged)
         self.sums[0] += losses
         self.sums[1] += weights
-        self.step_weights[self.step % every] += weights / acc
+        self.step_weights[self.step % every] += weights if acc == 1 else weights / acc
         if gramian is not None:
             self.gramian = gramian
 

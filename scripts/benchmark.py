@@ -41,6 +41,9 @@ PRESETS = {
               "mtl.hidden_dims=[512,256]", "trainer.batch_size=256", "dataset.image_size=32"],
     "reference_small": ["experiment=reference_small"],
     "reference_large": ["experiment=reference_large"],
+    # The same with channels-last convolutions in the image CNN (before/after comparison).
+    "reference_small_cl": ["experiment=reference_small", "model.encoders.image.channels_last=true"],
+    "reference_large_cl": ["experiment=reference_large", "model.encoders.image.channels_last=true"],
 }
 MODES = {
     "fp32": ["trainer.precision=32", "trainer.float32_matmul_precision=highest"],
@@ -135,13 +138,16 @@ def bf16_peak_tflops() -> float:
 
 
 def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int, warmup: int, out: Path,
-            peak: float | None) -> dict:
+            peak: float | None, round_seconds: float = 0.0) -> dict:
     recipe = make_recipe(overrides + MODES[mode], out / f"{name}-{mode}")
     loader = recipe.train_loader
     batches = [b for _, b in zip(range(8), loader.epoch(0), strict=False)]
     flops = step_flops(recipe, batches[0])
     for fn in (recipe_step, hand_step):  # warm-up (and compilation) of both paths
         time_steps(fn, recipe, batches, warmup)
+    # Rounds of at least `round_seconds` each: fast configs need many steps to rise above noise.
+    rate = time_steps(hand_step, recipe, batches, warmup)
+    steps = max(steps, int(round_seconds * rate / batches[0].size))
     ours, hand = [], []
     for r in range(rounds):  # alternate, and swap the order each round
         pair = (recipe_step, hand_step) if r % 2 == 0 else (hand_step, recipe_step)
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="steps per round and path")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--round-seconds", type=float, default=0.0,
+                        help="lengthen rounds to at least this many seconds (more steps for fast configs)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtmm-benchmark"), help="scratch folder of the runs")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for mode in modes:
             try:
                 row = compare(name, mode, PRESETS.get(name, [name]) + args.override, args.rounds, args.steps,
-                              args.warmup, args.out, peak)
+                              args.warmup, args.out, peak, args.round_seconds)
             except Exception as e:  # record and go on: one failing mode must not hide the others
                 row = {"config": name, "mode": mode, "error": repr(e)[:500]}
             rows.append(row)

@@ -25,11 +25,12 @@ class StaticWeights(Balancer):
                 raise UserError(f"balancer.weights has unknown task '{t}'; tasks: {', '.join(self.tasks)}")
             if not isinstance(w, (int, float)) or w < 0:
                 raise UserError(f"balancer.weights.{t} should be a non-negative number. Found {t} = {w!r}")
-        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in self.tasks]),
-                             persistent=False)
+        self.factors = [float(weights.get(t, 1.0)) for t in self.tasks]
+        self.register_buffer("weights", torch.tensor(self.factors), persistent=False)
 
     def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
-        total = sum(w * losses[t] for w, t in zip(self.weights.unbind(), self.tasks, strict=True))
+        # Python-float factors, and none at all for weight 1: no extra kernels in the hot path.
+        total = sum(losses[t] if w == 1.0 else w * losses[t] for w, t in zip(self.factors, self.tasks, strict=True))
         ctx.scaler.scale(total).backward()
         return dict(zip(self.tasks, self.weights.unbind(), strict=True))
 

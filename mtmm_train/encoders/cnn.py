@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
@@ -19,10 +20,12 @@ class CNNEncoder(Encoder):
         channels: output channels of each block.
         convs_per_block: convolutions per block.
         batch_norm: use BatchNorm after each convolution.
+        channels_last: run the convolutions in channels-last memory format (NHWC), which
+            tensor-core convolution kernels prefer under bf16/fp16 on GPUs.
     """
 
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, channels: tuple[int, ...] = (16, 32),
-                 convs_per_block: int = 1, batch_norm: bool = True) -> None:
+                 convs_per_block: int = 1, batch_norm: bool = True, channels_last: bool = False) -> None:
         super().__init__(modality, kinds=("image",))
         self.out_dim = out_dim
         layers: list[nn.Module] = []
@@ -36,9 +39,16 @@ class CNNEncoder(Encoder):
             layers.append(nn.MaxPool2d(2))
         self.net = nn.Sequential(*layers)
         self.proj = nn.Linear(c_in, out_dim)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last feature map ``(B, C', H', W')``."""
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.net(x).mean((2, 3)))  # (B, D): pooling commutes with the projection
+        return self.proj(self.features(x).mean((2, 3)))  # (B, D): pooling commutes with the projection
 
     def tokens(self, x: Tensor) -> Tensor:
-        return self.proj(self.net(x).flatten(2).transpose(1, 2))  # (B, H'W', D)
+        return self.proj(self.features(x).flatten(2).transpose(1, 2))  # (B, H'W', D)
