@@ -56,18 +56,18 @@ def synthesize(word: str, voice: str, speed: int, pitch: int, sample_rate: int, 
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not out.is_file():
         raise UserError(f"espeak-ng failed for voice '{voice}' ({' '.join(done.stderr.split())[:120]}); check "
-                        "dataset.voices against `espeak-ng --voices`")
+                        "dataset.male_voices and dataset.female_voices against `espeak-ng --voices`")
     wave, rate = read_wav(out)
     return resample(wave, rate, sample_rate)
 
 
-def build_clips(cache_dir: str, voices: dict[str, str], speeds: list[int], pitches: list[int],
-                sample_rate: int = 16000) -> Path:
+def build_clips(cache_dir: str, male_voices: list[str], female_voices: list[str], speeds: list[int],
+                pitches: list[int], sample_rate: int = 16000) -> Path:
     """Synthesise every (voice, speed, pitch, digit) clip once into the cache; return its path.
 
     Args:
         cache_dir: the cache folder.
-        voices: espeak-ng voice -> ``female`` or ``male``.
+        male_voices, female_voices: espeak-ng voices (``en-us+m3``), by gender.
         speeds: words per minute.
         pitches: espeak-ng pitches (0-99).
         sample_rate: rate the clips are stored at.
@@ -75,10 +75,11 @@ def build_clips(cache_dir: str, voices: dict[str, str], speeds: list[int], pitch
     Returns:
         The cache file (``waves``: int16 clips, ``digit``, ``gender``, ``speed`` per clip).
     """
-    check(len(voices) > 0 and len(speeds) > 0 and len(pitches) > 0,
-          "dataset.voices, dataset.speeds and dataset.pitches must each name at least one value")
-    bad = [f"{v}: {g}" for v, g in voices.items() if g not in GENDERS]
-    check(not bad, f"dataset.voices maps each voice to {' or '.join(GENDERS)}, found {', '.join(bad)}")
+    voices = {**{v: "female" for v in female_voices}, **{v: "male" for v in male_voices}}
+    check(len(male_voices) > 0 and len(female_voices) > 0,
+          f"dataset.male_voices and dataset.female_voices must each name a voice (the gender task needs both), "
+          f"found {list(male_voices)} and {list(female_voices)}")
+    check(len(speeds) > 0 and len(pitches) > 0, "dataset.speeds and dataset.pitches must each name at least one value")
     version = espeak_version()
     settings = {"voices": voices, "speeds": list(speeds), "pitches": list(pitches), "rate": sample_rate,
                 "words": WORDS, "espeak": version}
@@ -102,14 +103,15 @@ def build_clips(cache_dir: str, voices: dict[str, str], speeds: list[int], pitch
     return path
 
 
-def av_digits(voices: dict[str, str], speeds: list[int], pitches: list[int], audio_noise: float = 1.0,
+def av_digits(male_voices: list[str], female_voices: list[str], speeds: list[int], pitches: list[int],
+              audio_noise: float = 1.0,
               image_noise: float = 0.0, sample_rate: int = 16000, n_mels: int = 32, n_fft: int = 400,
               hop_length: int = 160, max_frames: int = 80, split_ratios: list[float] = (0.6, 0.2, 0.2),
               seed: int = 0, cache_dir: str = "~/.cache/mtmm-train") -> MultiModalData:
     """Pair each handwritten digit with a spoken one; add noise; compute log-mel features.
 
     Args:
-        voices: espeak-ng voice -> ``female`` or ``male`` (the ``gender`` task).
+        male_voices, female_voices: espeak-ng voices by gender (the ``gender`` task).
         speeds: speaking rates in words per minute (the ``speed`` task).
         pitches: espeak-ng pitches (a nuisance factor).
         audio_noise: standard deviation of white noise, relative to each clip's RMS.
@@ -125,10 +127,11 @@ def av_digits(voices: dict[str, str], speeds: list[int], pitches: list[int], aud
     """
     check(audio_noise >= 0 and image_noise >= 0,
           f"dataset.audio_noise and dataset.image_noise must be >= 0, found {audio_noise}, {image_noise}")
-    settings = {"voices": voices, "speeds": list(speeds), "pitches": list(pitches), "audio_noise": audio_noise,
+    settings = {"voices": [list(male_voices), list(female_voices)], "speeds": list(speeds),
+                "pitches": list(pitches), "audio_noise": audio_noise,
                 "image_noise": image_noise, "rate": sample_rate, "n_mels": n_mels, "n_fft": n_fft,
                 "hop": hop_length, "frames": max_frames, "split": list(split_ratios), "seed": seed}
-    clips_path = build_clips(cache_dir, voices, speeds, pitches, sample_rate)
+    clips_path = build_clips(cache_dir, male_voices, female_voices, speeds, pitches, sample_rate)
     entry = clips_path.parent / f"data-{cache_key(clips_path.name, settings)}.pt"
     data = load_cached(entry)
     if data is not None:
