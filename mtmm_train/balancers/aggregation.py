@@ -64,38 +64,54 @@ class GradientAggregation(Balancer):
 
     def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
         device = ctx.shared.device
-        # Reading the counts synchronises; the solvers run on the host anyway.
-        counts = torch.stack([ctx.labeled_counts[t] for t in self.tasks]).tolist()
-        active = [t for t, n in zip(self.tasks, counts, strict=True) if n > 0]
-        out = torch.zeros(len(self.tasks), device=device)
-        if active:
-            scale = loss_scale(ctx, device)
-            scaled = [ctx.scaler.scale(losses[t]) for t in active]
-            w = self._through_representation(scaled, ctx, scale) if self.mode == "representation" \
-                else self._through_parameters(scaled, ctx, scale)
-            out[[self.tasks.index(t) for t in active]] = w
-        return dict(zip(self.tasks, out.unbind(), strict=True))
+        scale = loss_scale(ctx, device)
+        scaled = [ctx.scaler.scale(losses[t]) for t in self.tasks]
+        counts = torch.stack([ctx.labeled_counts[t] for t in self.tasks]).float()
+        step = self._through_representation if self.mode == "representation" else self._through_parameters
+        weights = step(scaled, counts, ctx, scale).to(device=device, dtype=torch.float32)
+        return dict(zip(self.tasks, weights.unbind(), strict=True))
 
-    def _through_representation(self, scaled: list[Tensor], ctx: BalanceContext, scale: Tensor) -> Tensor:
-        rows, gramian = representation_gramian(scaled, ctx.shared, scale)  # (m, B*D) scaled, (m, m)
-        w = self.solve(gramian).to(rows)
-        # One backward of sum_t L_t gives each head its own gradient; the extra term turns the
-        # representation's gradient from sum_t J_t into sum_t w_t J_t.
-        correction = ((w - 1) @ rows).view_as(ctx.shared).to(ctx.shared.dtype)
-        (torch.stack(scaled).sum() + (ctx.shared * correction).sum()).backward()
+    def _weights(self, gramian: Tensor, active: Tensor) -> Tensor:
+        """The method's weights from the labelled tasks' rows and columns of a host Gramian; 0 elsewhere."""
+        w = torch.zeros(len(active), dtype=torch.float64)
+        if active.any():
+            w[active] = self.solve(gramian[active][:, active])
         return w
 
-    def _through_parameters(self, scaled: list[Tensor], ctx: BalanceContext, scale: Tensor) -> Tensor:
+    def _through_representation(self, scaled: list[Tensor], counts: Tensor, ctx: BalanceContext, scale: Tensor
+                                ) -> Tensor:
+        # Unlabelled tasks give zero rows here; they are dropped from the Gramian on the host.
+        rows, gramian = representation_gramian(scaled, ctx.shared, scale)  # (T, B*D) scaled, (T, T)
+        T = len(self.tasks)
+        host = torch.cat([gramian.flatten(), counts]).cpu()  # the step's one read of the device
+        active = host[T * T:] > 0
+        w = self._weights(host[:T * T].view(T, T), active).to(rows)
+        if active.any():
+            # One backward of sum_t L_t gives each head its own gradient; the extra term turns the
+            # representation's gradient from sum_t J_t into sum_t w_t J_t.
+            correction = ((w - 1) @ rows).view_as(ctx.shared).to(ctx.shared.dtype)
+            (torch.stack(scaled).sum() + (ctx.shared * correction).sum()).backward()
+        return w
+
+    def _through_parameters(self, scaled: list[Tensor], counts: Tensor, ctx: BalanceContext, scale: Tensor
+                            ) -> Tensor:
+        # The labelled tasks must be known before differentiating: only their losses go in.
+        active = counts.cpu() > 0
+        if not active.any():
+            return torch.zeros(len(self.tasks))
         params = [p for p in ctx.shared_params if p.requires_grad]
-        jacobians = torchjd_api.shared_jacobians(scaled, ctx.shared, params, sequential=ctx.amp)
+        jacobians = torchjd_api.shared_jacobians([s for s, a in zip(scaled, active, strict=True) if a], ctx.shared,
+                                                 params, sequential=ctx.amp)
         with torch.autocast(ctx.shared.device.type, enabled=False):
             used = [(p, j.flatten(1).float()) for p, j in zip(params, jacobians, strict=True) if j is not None]
             gramian = sum(j @ j.T for _, j in used) / scale**2
-            w = self.solve(gramian).to(device=ctx.shared.device, dtype=torch.float32)
+            out = torch.zeros(len(self.tasks), dtype=torch.float64)
+            out[active] = self.solve(gramian)
+            w = out[active].to(device=ctx.shared.device, dtype=torch.float32)
             for p, j in used:
                 g = (w @ j).view_as(p).to(p.dtype)
                 p.grad = g if p.grad is None else p.grad + g
-        return w
+        return out
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
