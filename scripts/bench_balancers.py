@@ -209,12 +209,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--precision", default="32", choices=list(AMP_DTYPES))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}", flush=True)
     rows = balancer_table(args.device, tuple(args.tasks), tuple(args.override), args.batch_size, args.precision,
-                          args.balancers, args.steps, args.rounds)
+                          args.balancers, args.steps, args.rounds, args.warmup)
     print_table(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
