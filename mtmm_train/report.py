@@ -22,6 +22,7 @@ import yaml
 from mtmm_train.errors import UserError
 
 IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.resume")
+LOWER_IS_BETTER = ("mae", "mse", "rmse", "loss")  # metric names (last part of the key); the rest: higher
 
 
 @dataclass
@@ -96,6 +97,47 @@ def metric_keys(rows: list[Row], patterns: list[str] | None) -> list[str]:
     return ["monitor"] + [k for k in keys if k.startswith("val/") and "/loss/" not in k]
 
 
+def baseline_metrics(folder: Path, which: str = "best") -> dict[str, float]:
+    """Single-task baselines: each ``val/`` metric's mean over the runs of ``folder`` that report it."""
+    jobs, _ = load_jobs(folder, which)
+    if not jobs:
+        raise UserError(f"--baselines: no finished run under '{folder}'; train the single-task runs first, "
+                        "e.g. mtmm-train -m 'tasks=[category],[score]' seed=0,1,2")
+    values: dict[str, list[float]] = {}
+    for job in jobs:
+        for k, v in job.metrics.items():
+            if k.startswith("val/") and "/loss/" not in k and math.isfinite(v):
+                values.setdefault(k, []).append(float(v))
+    return {k: statistics.fmean(v) for k, v in values.items()}
+
+
+def delta_m_keys(baselines: dict[str, float], patterns: list[str] | None = None) -> list[str]:
+    """The metrics Delta_m averages: those matching ``patterns``, or the first metric of each task."""
+    if patterns:
+        return [k for k in baselines if any(fnmatch.fnmatch(k, p) for p in patterns)]
+    first: dict[str, str] = {}
+    for k in baselines:
+        first.setdefault(k.split("/")[1], k)
+    return list(first.values())
+
+
+def add_delta_m(rows: list[Row], baselines: dict[str, float], keys: list[str]) -> None:
+    """Add ``delta_m`` to every row, per seed: the mean relative improvement over the single-task
+    baselines in percent, ``100/T sum_t s_t (M_t - B_t) / B_t`` with ``s_t = -1`` where lower is
+    better (Maninis et al., 2019); metrics a row lacks are left out of its mean."""
+    for row in rows:
+        per_seed = []
+        for i in range(len(row.seeds)):
+            terms = []
+            for k in keys:
+                vals = row.values.get(k, [])
+                if i < len(vals) and math.isfinite(vals[i]) and baselines.get(k):
+                    sign = -1.0 if k.rsplit("/", 1)[-1] in LOWER_IS_BETTER else 1.0
+                    terms.append(sign * (vals[i] - baselines[k]) / abs(baselines[k]))
+            per_seed.append(100 * statistics.fmean(terms) if terms else math.nan)
+        row.values["delta_m"] = per_seed
+
+
 def _fmt(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
 
@@ -139,7 +181,7 @@ def plot(rows: list[Row], key: str, label: str, path: Path) -> None:
 
 
 def report(folder: Path, patterns: list[str] | None = None, which: str = "best", make_plot: bool = False,
-           out: Path | None = None) -> str:
+           out: Path | None = None, baselines: Path | None = None, delta_patterns: list[str] | None = None) -> str:
     """Build the report of a multirun folder; write the files; return the Markdown table."""
     jobs, unfinished = load_jobs(folder, which)
     if not jobs:
@@ -149,6 +191,13 @@ def report(folder: Path, patterns: list[str] | None = None, which: str = "best",
     keys = metric_keys(rows, patterns)
     if not keys:
         raise UserError(f"--metrics {patterns} matches no metric; metrics: {', '.join(rows[0].values)}")
+    if baselines is not None:
+        base = baseline_metrics(baselines, which)
+        delta_keys = delta_m_keys(base, delta_patterns)
+        if not delta_keys:
+            raise UserError(f"--delta-metrics {delta_patterns} matches no baseline metric; metrics: {', '.join(base)}")
+        add_delta_m(rows, base, delta_keys)
+        keys.append("delta_m")
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)
     table = to_markdown(rows, keys, monitor)
@@ -171,9 +220,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="metrics at the best epoch (by trainer.monitor) or at the end")
     parser.add_argument("--plot", action="store_true", help="also write report.png (needs matplotlib)")
     parser.add_argument("--out", type=Path, help="folder for report.md/.csv/.png (default: the multirun folder)")
+    parser.add_argument("--baselines", type=Path,
+                        help="a multirun folder of single-task runs (tasks=[<task>]): adds Delta_m, the mean relative "
+                             "improvement over them in percent")
+    parser.add_argument("--delta-metrics", nargs="+",
+                        help="glob patterns of the metrics Delta_m averages (default: the first metric of each task)")
     args = parser.parse_args(argv)
     try:
-        print(report(args.folder, args.metrics, args.which, args.plot, args.out))
+        print(report(args.folder, args.metrics, args.which, args.plot, args.out, args.baselines, args.delta_metrics))
     except UserError as e:
         print(f"mtmm-report: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,47 @@
+"""Delta_m in ``mtmm-report --baselines``: hand-computed on fake multirun folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtmm_train.errors import UserError
+from mtmm_train.report import main, report
+
+
+def fake_run(folder: Path, overrides: list[str], metrics: dict[str, float]) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    result = {"monitor": "val/loss/total", "best": {"value": 1.0, "metrics": {"val/loss/total": 1.0, **metrics}},
+              "final": {"val/loss/total": 1.0, **metrics}}
+    (folder / "metrics.json").write_text(json.dumps(result))
+
+
+def test_delta_m_against_a_hand_computation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    # Baselines: accuracy 0.8 (mean of two seeds), MAE 0.5.
+    fake_run(single / "0", ["tasks=[category]", "seed=0"], {"val/category/accuracy": 0.7, "val/category/f1": 0.1})
+    fake_run(single / "1", ["tasks=[category]", "seed=1"], {"val/category/accuracy": 0.9, "val/category/f1": 0.1})
+    fake_run(single / "2", ["tasks=[score]", "seed=0"], {"val/score/mae": 0.5})
+    # Multi-task: +10% accuracy and 20% lower MAE -> +15; then -5% and +10% MAE -> -7.5.
+    fake_run(multi / "0", ["balancer=upgrad", "seed=0"], {"val/category/accuracy": 0.88, "val/score/mae": 0.4,
+                                                          "val/category/f1": 0.3})
+    fake_run(multi / "1", ["balancer=upgrad", "seed=1"], {"val/category/accuracy": 0.76, "val/score/mae": 0.55,
+                                                          "val/category/f1": 0.3})
+    fake_run(multi / "2", ["balancer=static", "seed=0"], {"val/category/accuracy": 0.8, "val/score/mae": 0.5,
+                                                          "val/category/f1": 0.3})
+    table = report(multi, baselines=single)
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert "delta_m" in table.splitlines()[0]
+    assert lines["balancer=upgrad"].rstrip(" |").endswith("3.7500 ± 15.9099")  # mean, sample std of 15, -7.5
+    assert lines["balancer=static"].rstrip(" |").endswith("0.0000 ± 0.0000")
+    # Other metrics on request: f1 alone, +200%.
+    assert report(multi, baselines=single, delta_patterns=["*/f1"]).splitlines()[-1].rstrip(" |").endswith(
+        "200.0000 ± 0.0000")
+    main([str(multi), "--baselines", str(single)])
+    assert "delta_m" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="--baselines"):
+        report(multi, baselines=tmp_path / "empty")
