@@ -45,3 +45,24 @@ def test_delta_m_against_a_hand_computation(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="--baselines"):
         report(multi, baselines=tmp_path / "empty")
+
+
+def test_mtl_evidence_script_reports_the_sparse_task(tmp_path: Path) -> None:
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import mtl_evidence
+
+    # Finished sweeps are reused, so fake ones stand in for the training runs here.
+    for i, task in enumerate(mtl_evidence.TASKS):
+        fake_run(tmp_path / "single" / str(i), [f"tasks=[{task}]", "seed=0"], {f"val/{task}/mae": 1.0})
+    for i, balancer in enumerate(["static", "famo"]):
+        fake_run(tmp_path / "multi" / str(i), [f"balancer={balancer}", "seed=0"],
+                 {f"val/{t}/mae": 0.5 + i for t in mtl_evidence.TASKS})
+    mtl_evidence.main(["--out", str(tmp_path), "--seeds", "1"])
+    text = (tmp_path / "evidence.md").read_text()
+    assert "| single-task (tasks=[score]) | 1 | 1.0000 ± 0.0000 |" in text
+    assert "| balancer=static | 1 | 0.5000 ± 0.0000 |" in text
+    assert "50.0000 ± 0.0000" in text and "-50.0000 ± 0.0000" in text  # Delta_m of static and famo
