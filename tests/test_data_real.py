@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import ROOT, compose_cfg
 
+from mtmm_train.data.av_digits import build_clips
 from mtmm_train.errors import UserError
 from mtmm_train.recipe import TrainRecipe
 
@@ -75,3 +77,19 @@ def test_a_missing_optional_dependency_says_what_to_install(monkeypatch: pytest.
     monkeypatch.setattr("mtmm_train.data.av_digits.shutil.which", lambda name: None)
     with pytest.raises(UserError, match=r"espeak-ng, which is not installed; install it with: apt-get install"):
         TrainRecipe(compose_cfg(QUIET + ["dataset=av_digits", f"dataset.cache_dir={tmp_path}"]), tmp_path).setup()
+
+
+def test_av_digits_clips_are_built_deterministically_by_the_script(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("build_av_digits", ROOT / "scripts" / "build_av_digits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    few = ["dataset.male_voices=[en-us+m1]", "dataset.female_voices=[en-us+f4]", "dataset.speeds=[160]",
+           "dataset.pitches=[40]"]
+    monkeypatch.setenv("MTMM_CACHE_DIR", str(tmp_path / "a"))
+    assert script.main(few) == 0
+    again = build_clips(str(tmp_path / "b"), ["en-us+m1"], ["en-us+f4"], [160], [40])
+    clips = [torch.load(next((tmp_path / d / "av_digits").glob("clips-*.pt")), weights_only=True) for d in "ab"]
+    assert again.parent == tmp_path / "b" / "av_digits" and len(clips[0]["waves"]) == 20
+    assert all(torch.equal(a, b) for a, b in zip(clips[0]["waves"], clips[1]["waves"], strict=True))
+    assert script.main([*few, "dataset.female_voices=[]"]) == 2  # the gender task needs both genders
