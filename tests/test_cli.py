@@ -109,3 +109,11 @@ def test_report_on_a_folder_without_runs_is_a_clear_error(tmp_path: Path) -> Non
     proc = run_cli([str(tmp_path)], cwd=tmp_path, module="mtmm_train.report")
     assert proc.returncode == 2
     assert "no finished run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_own_config_folder_with_cd(tmp_path: Path) -> None:
+    (tmp_path / "myconf" / "fusion").mkdir(parents=True)
+    (tmp_path / "myconf" / "fusion" / "sum32.yaml").write_text("_target_: mtmm_train.fusion.sum.SumFusion\ndim: 32\n")
+    proc = run_cli(["-cd", "myconf", "fusion=sum32", "--cfg", "job"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dim: 32" in proc.stdout and "SumFusion" in proc.stdout
