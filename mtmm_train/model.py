@@ -110,7 +110,7 @@ class MultiModalModel(nn.Module):
         features, shared = self.mtl(z.reshape(b * m, d))
         decisions = {}
         for t, heads in self.heads.items():
-            f = features[t].view(b, m, -1)  # (B, M, F)
+            f = features[t].reshape(b, m, -1)  # (B, M, F)
             decisions[t] = torch.stack([heads[name](f[:, i]) for i, name in enumerate(self.fusion.modalities)], 1)
         return self.fusion.combine(decisions, present), shared
 

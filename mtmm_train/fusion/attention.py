@@ -17,8 +17,9 @@ class AttentionFusion(ProjectedFusion):
     number of present modalities: the weights average to one instead of summing to one, so
     uniform attention equals sum fusion. Without it the fused signal shrinks by ``1/n`` and,
     on the synthetic ``match`` task, training sat on its initial plateau several epochs
-    longer (val AUROC 0.65 against 0.90 after 6 epochs). One head tends to pick a single
-    modality per sample; several heads can attend to several modalities at once.
+    longer (one head, seed 0: validation AUROC 0.65 after 6 epochs, against 0.91 with it).
+    One head tends to pick a single modality per sample; several heads can attend to
+    several modalities at once (four heads: 0.97).
 
     Args:
         in_dims: modality -> embedding size (passed in by the recipe).
