@@ -11,8 +11,13 @@ from conftest import train
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():  # pragma: no cover - only when someone runs -m gpu on a CPU machine
-    pytest.fail("tests marked gpu need a CUDA device", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda() -> None:
+    # Selected explicitly (-m gpu) on a machine without CUDA: fail loudly, never skip.
+    if not torch.cuda.is_available():
+        pytest.fail("tests marked gpu need a CUDA device", pytrace=False)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
