@@ -3,6 +3,7 @@ loop over the same model, data and optimizer, alternating in one process (machin
 
     python scripts/benchmark.py                                  # CPU: default + a larger config
     python scripts/benchmark.py --configs reference_small reference_large --modes fp32 tf32 bf16 bf16+compile
+    python scripts/benchmark.py --suite fusion balancers     # the fusion and balancer cost tables
 
 Each config is a list of overrides (named presets below, or ``--override``). The recipe side runs
 exactly what the training loop runs per step (``TrainRecipe.micro_step`` and ``optimizer_step``);
@@ -193,8 +194,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="lengthen rounds to at least this many seconds (more steps for fast configs)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtmm-benchmark"), help="scratch folder of the runs")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--suite", nargs="+", default=["recipe"], choices=["recipe", "fusion", "balancers"],
+                        help="recipe: recipe vs hand loop; fusion: parameters, step time and memory per fusion at "
+                             "2/3/4 modalities (scripts/bench_fusion.py); balancers: step time vs static weights "
+                             "for 2/4/8 tasks in both Jacobian spaces (scripts/bench_balancers.py)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
+    if "fusion" in args.suite:
+        import bench_fusion
+
+        print(bench_fusion.format_table(bench_fusion.fusion_table("cuda" if cuda else "cpu")), flush=True)
+    if "balancers" in args.suite:
+        import bench_balancers
+
+        bench_balancers.print_table(bench_balancers.balancer_table("cuda" if cuda else "cpu"))
+    if "recipe" not in args.suite:
+        return []
     modes = args.modes or (list(MODES) if cuda else ["fp32"])
     peak = bf16_peak_tflops() if cuda else None
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if cuda else 'cpu'}, "
