@@ -222,7 +222,7 @@ def test_stateful_balancers_ignore_unlabelled_steps() -> None:
         losses, _ = step(Tiny(), gn, x, ys, labeled)
         if labeled is no_c:
             assert gn.seen[2] == 0 and gn.initial_losses[2] == 0
-    assert gn.seen[2] == 1 and gn.initial_losses[2] == pytest.approx(float(losses["c"]))
+    assert gn.seen[2] == 1 and gn.initial_losses[2] == pytest.approx(float(losses["c"].detach()))
     assert float(gn.weights.sum()) == pytest.approx(3.0)
     # DWA: a window's mean loss counts only the steps where the task had labels.
     dwa = build(compose_cfg(["balancer=dwa", "balancer.window=2"]).balancer, "balancer", tasks=TASKS)
