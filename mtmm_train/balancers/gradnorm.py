@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer, loss_scale
+from mtmm_train.balancers.base import BalanceContext, Balancer, task_gramian
 from mtmm_train.errors import UserError
 
 
@@ -44,11 +44,8 @@ class GradNorm(Balancer):
         active = self.active_mask(ctx)
         loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
         weights = self.weights.clone()
-        scale = loss_scale(ctx, loss.device)
         # Norms of the (unweighted) per-task gradients w.r.t. the shared representation.
-        norms = torch.stack([
-            torch.autograd.grad(ctx.scaler.scale(losses[t]), ctx.shared, retain_graph=True)[0].float().norm()
-            for t in self.tasks]) / scale  # (T,)
+        norms = task_gramian([losses[t] for t in self.tasks], ctx).diagonal().clamp_min(0).sqrt()  # (T,)
         ctx.scaler.scale((weights * loss).sum()).backward()
         self._update(loss.detach(), norms, active)
         return dict(zip(self.tasks, weights.unbind(), strict=True))
