@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mtmm_train.errors import UserError
+
 
 @dataclass
 class BalanceContext:
@@ -58,6 +60,19 @@ class Balancer(nn.Module):
         updates without slowing the loop.
         """
         return torch.stack([ctx.labeled_counts[t] for t in self.tasks]).gt(0).float()
+
+
+def check_number(key: str, value: object, positive: bool = False, integer: bool = False) -> None:
+    """Refuse a balancer setting that is not a (positive or non-negative) number.
+
+    Raises:
+        UserError: ``balancer.<key> should be a positive float. Found <key> = <value>``.
+    """
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, kinds) and not isinstance(value, bool) and (value > 0 if positive else value >= 0):
+        return
+    raise UserError(f"balancer.{key} should be a {'positive' if positive else 'non-negative'} "
+                    f"{'integer' if integer else 'float'}. Found {key} = {value!r}")
 
 
 def loss_scale(ctx: BalanceContext, device: torch.device) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import check_number
 
 
 class CAGrad(GradientAggregation):
@@ -29,10 +29,8 @@ class CAGrad(GradientAggregation):
 
     def __init__(self, tasks: list[str], mode: str = "representation", c: float = 0.4, tol: float = 1e-12) -> None:
         super().__init__(tasks, mode)
-        if not isinstance(c, (int, float)) or c < 0:
-            raise UserError(f"balancer.c should be a non-negative float. Found c = {c!r}")
-        if not isinstance(tol, (int, float)) or tol <= 0:
-            raise UserError(f"balancer.tol should be a positive float. Found tol = {tol!r}")
+        check_number("c", c)
+        check_number("tol", tol, positive=True)
         self.c, self.tol = float(c), float(tol)
 
     def weights(self, gramian: Tensor) -> Tensor:

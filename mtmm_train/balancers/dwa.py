@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import BalanceContext, Balancer, check_number
 
 
 class DynamicWeightAverage(Balancer):
@@ -28,10 +27,8 @@ class DynamicWeightAverage(Balancer):
 
     def __init__(self, tasks: list[str], temperature: float = 2.0, window: int = 30) -> None:
         super().__init__(tasks)
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise UserError(f"balancer.temperature should be a positive float. Found temperature = {temperature!r}")
-        if not isinstance(window, int) or window < 1:
-            raise UserError(f"balancer.window should be a positive integer. Found window = {window!r}")
+        check_number("temperature", temperature, positive=True)
+        check_number("window", window, positive=True, integer=True)
         self.temperature, self.window = float(temperature), window
         n = len(self.tasks)
         self.register_buffer("window_sum", torch.zeros(n))

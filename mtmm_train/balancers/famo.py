@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.balancers.base import BalanceContext, Balancer, check_number
 from mtmm_train.errors import UserError
 
 
@@ -32,9 +32,8 @@ class FAMO(Balancer):
 
     def __init__(self, tasks: list[str], lr: float = 0.025, weight_decay: float = 1e-3, min_loss: float = 0.0) -> None:
         super().__init__(tasks)
-        for key, value in (("lr", lr), ("weight_decay", weight_decay)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"balancer.{key} should be a non-negative float. Found {key} = {value!r}")
+        check_number("lr", lr)
+        check_number("weight_decay", weight_decay)
         if not isinstance(min_loss, (int, float)):
             raise UserError(f"balancer.min_loss should be a float. Found min_loss = {min_loss!r}")
         self.lr, self.weight_decay, self.min_loss = float(lr), float(weight_decay), float(min_loss)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer, task_gramian
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import BalanceContext, Balancer, check_number, task_gramian
 
 
 class GradNorm(Balancer):
@@ -31,9 +30,8 @@ class GradNorm(Balancer):
 
     def __init__(self, tasks: list[str], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(tasks)
-        for key, value in (("alpha", alpha), ("lr", lr)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"balancer.{key} should be a non-negative float. Found {key} = {value!r}")
+        check_number("alpha", alpha)
+        check_number("lr", lr)
         self.alpha, self.lr = float(alpha), float(lr)
         n = len(self.tasks)
         self.register_buffer("weights", torch.ones(n))

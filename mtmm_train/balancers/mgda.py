@@ -6,7 +6,7 @@ from torch import Tensor
 
 from mtmm_train.balancers import torchjd_api
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import check_number
 
 
 class MGDA(GradientAggregation):
@@ -27,10 +27,8 @@ class MGDA(GradientAggregation):
     def __init__(self, tasks: list[str], mode: str = "representation", epsilon: float = 1e-3,
                  max_iters: int = 100) -> None:
         super().__init__(tasks, mode)
-        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
-            raise UserError(f"balancer.epsilon should be a positive float. Found epsilon = {epsilon!r}")
-        if not isinstance(max_iters, int) or max_iters < 1:
-            raise UserError(f"balancer.max_iters should be a positive integer. Found max_iters = {max_iters!r}")
+        check_number("epsilon", epsilon, positive=True)
+        check_number("max_iters", max_iters, positive=True, integer=True)
         self.epsilon, self.max_iters = float(epsilon), max_iters
         self.weighting = torchjd_api.gramian_weighting("mgda", epsilon=self.epsilon, max_iters=max_iters)
 

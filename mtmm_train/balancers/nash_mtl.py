@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import check_number
 
 
 class NashMTL(GradientAggregation):
@@ -33,10 +33,8 @@ class NashMTL(GradientAggregation):
     def __init__(self, tasks: list[str], mode: str = "representation", ridge: float = 1e-6,
                  max_iters: int = 50) -> None:
         super().__init__(tasks, mode)
-        if not isinstance(ridge, (int, float)) or ridge <= 0:
-            raise UserError(f"balancer.ridge should be a positive float. Found ridge = {ridge!r}")
-        if not isinstance(max_iters, int) or max_iters < 1:
-            raise UserError(f"balancer.max_iters should be a positive integer. Found max_iters = {max_iters!r}")
+        check_number("ridge", ridge, positive=True)
+        check_number("max_iters", max_iters, positive=True, integer=True)
         self.ridge, self.max_iters = float(ridge), max_iters
 
     def weights(self, gramian: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from mtmm_train.balancers import torchjd_api
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import check_number
 
 
 class UPGrad(GradientAggregation):
@@ -27,9 +27,8 @@ class UPGrad(GradientAggregation):
     def __init__(self, tasks: list[str], mode: str = "representation", norm_eps: float = 1e-4,
                  reg_eps: float = 1e-4) -> None:
         super().__init__(tasks, mode)
-        for key, value in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"balancer.{key} should be a non-negative float. Found {key} = {value!r}")
+        check_number("norm_eps", norm_eps)
+        check_number("reg_eps", reg_eps)
         self.norm_eps, self.reg_eps = float(norm_eps), float(reg_eps)
         self.weighting = torchjd_api.gramian_weighting("upgrad", norm_eps=self.norm_eps, reg_eps=self.reg_eps)
 
