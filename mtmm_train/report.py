@@ -56,7 +56,11 @@ def load_jobs(folder: Path, which: str = "best") -> tuple[list[Job], list[Path]]
     if not folder.is_dir():
         raise UserError(f"'{folder}' is not a folder; pass a multirun folder (e.g. logs/multiruns/<time>)")
     jobs, unfinished = [], []
-    for overrides_file in sorted(folder.rglob(".hydra/overrides.yaml")):
+    def job_order(path: Path) -> tuple:
+        # Job folders are numbered 0, 1, ..., 10: sort numbers as numbers, in the order the sweep ran.
+        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.relative_to(folder).parts)
+
+    for overrides_file in sorted(folder.rglob(".hydra/overrides.yaml"), key=job_order):
         job_dir = overrides_file.parent.parent
         metrics_file = job_dir / "metrics.json"
         if not metrics_file.is_file():
