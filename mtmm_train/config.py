@@ -46,6 +46,7 @@ class LoggerConfig:
     tensorboard: bool = MISSING
     log_every_n_steps: int = MISSING
     progress_bar: bool = MISSING
+    grad_cosine_every_n_steps: int | None = MISSING
 
 
 def typed(cfg: DictConfig, key: str, schema: type) -> Any:

@@ -252,7 +252,8 @@ class TrainRecipe:
     def micro_step(self, batch: Batch) -> None:
         """Forward and backward of one (micro-)batch; its losses and weights are summed on the device."""
         acc, every = self.trainer.accumulate_grad_batches, self.logger_cfg.log_every_n_steps
-        logged = self.logger_cfg.tensorboard and ((self.step + 1) % every == 0 or self.step + 1 == self.total_steps)
+        cosine_every = self.logger_cfg.grad_cosine_every_n_steps
+        logged = bool(self.logger_cfg.tensorboard and cosine_every and (self.step + 1) % cosine_every == 0)
         losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
                                                  self.autocast, self.scaler, self.shared_params, self.step,
                                                  1.0 / acc, gramian=logged)

@@ -107,7 +107,7 @@ def test_bad_values_are_one_line_user_errors() -> None:
                                                 ("cross_stitch", "gradnorm")])
 def test_each_architecture_trains_in_the_recipe_and_logs_its_gates(name: str, balancer: str, tmp_path: Path) -> None:
     recipe = train(tmp_path, [f"mtl={name}", f"balancer={balancer}", "trainer.limit_train_batches=4",
-                              "logger.log_every_n_steps=2"])
+                              "logger.log_every_n_steps=2", "logger.grad_cosine_every_n_steps=2"])
     assert math.isfinite(recipe.best["value"])
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()

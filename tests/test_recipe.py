@@ -34,6 +34,7 @@ def test_tensorboard_has_a_tag_per_task_with_one_point_per_step_or_epoch(tmp_pat
                 "val/score/mae", "val/score/rmse", "val/score/r2"):
         assert len(acc.Scalars(key)) == 2, key
     assert {"train/loss/total", "lr", "perf/samples_per_s", "val/loss/total"} <= tags
+    assert not any(t.startswith("train/grad_cosine/") for t in tags)  # off unless asked for
     assert [e.step for e in acc.Scalars("val/loss/total")] == [3, 6]
     # The hparams live in the same run folder: no extra timestamped subfolder.
     assert [p.name for p in (tmp_path / "tensorboard").iterdir() if p.is_dir()] == []
