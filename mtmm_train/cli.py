@@ -10,11 +10,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mtmm_train.errors import UserError
-from mtmm_train.recipe import TrainRecipe
+from mtmm_train.recipe import Preempted, TrainRecipe
 
 log = logging.getLogger("mtmm_train")
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3  # stopped by SIGTERM/SIGINT with a checkpoint: requeue with trainer.resume=auto
 
 
 def run(cfg: DictConfig) -> float:
@@ -33,6 +34,9 @@ def _hydra_main(cfg: DictConfig) -> float:
         # A user mistake: one line, no traceback, a distinct exit status.
         print(f"mtmm-train: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except Preempted as e:
+        print(f"mtmm-train: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 def main() -> None:

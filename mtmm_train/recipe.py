@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -65,6 +67,10 @@ def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, 
     stacked = torch.stack([losses[t] for t in tasks]).detach()
     return (stacked if loss_scale == 1.0 else stacked / loss_scale,
             torch.stack([weights[t] for t in tasks]).detach().float(), grams)
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM or SIGINT after writing ``last.pt``; ``trainer.resume=auto`` continues."""
 
 
 class LabeledCounts(Mapping):
@@ -188,8 +194,9 @@ class TrainRecipe:
         self.gramian: Tensor | None = None  # of the task gradients at the last logged step
         self.last_metrics: dict[str, float] = {}
         self.resumed_from = self.maybe_resume(t.resume)
+        # Events up to the checkpoint's step were written before it; later ones are stale.
         self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=self.logger_cfg.tensorboard,
-                              purge_step=self.step if self.resumed_from else None)
+                              purge_step=self.step + 1 if self.resumed_from else None)
         log.info("model: %s parameters; %d tasks, %d modalities, %d steps on %s",
                  f"{count_parameters(self.model):,}", len(self.tasks), len(self.data.modalities),
                  self.total_steps, self.device)
@@ -207,7 +214,47 @@ class TrainRecipe:
 
         Returns:
             The best value of ``trainer.monitor`` (what a sweeper optimises).
+
+        Raises:
+            Preempted: on SIGTERM or SIGINT, after the current step and a checkpoint.
         """
+        with self.stop_on_signals():
+            return self._train()
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT (preemption, SLURM's time limit, Ctrl-C) end the current step, write
+        ``last.pt`` and raise :class:`Preempted`; a second signal acts as usual (forced stop)."""
+        self.stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def request_stop(signum: int, frame: object) -> None:
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop_if_signalled(self, bar: tqdm) -> None:
+        """After a step: on a pending signal, checkpoint and raise :class:`Preempted`."""
+        if self.stop_signal is None:
+            return
+        self.save("last.pt")
+        bar.close()
+        self.tb.close()
+        name = signal.Signals(self.stop_signal).name
+        raise Preempted(f"stopped by {name} at step {self.step} (epoch {self.epoch + 1}); wrote "
+                        f"{self.ckpt_dir / 'last.pt'}; continue with trainer.resume=auto in the same run folder")
+
+    def _train(self) -> float:
         t, lg = self.trainer, self.logger_cfg
         tasks = list(self.tasks)
         sums = self.sums.zero_()  # (2, T): losses and weights summed since the last log
@@ -242,9 +289,11 @@ class TrainRecipe:
                     count, samples, t_log = 0, 0, time.perf_counter()
                 if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
                     self.save("last.pt")
+                self.stop_if_signalled(bar)
             self.epoch += 1
             self.batch_in_epoch = 0
             stopped_early = self.end_of_epoch()
+            self.stop_if_signalled(bar)
         bar.close()
         self.finish(time.perf_counter() - t_start, stopped_early)
         return float(self.best["value"])

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,7 @@ import torch
 from conftest import TINY, compose_cfg, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtmm_train.recipe import TrainRecipe
+from mtmm_train.recipe import Preempted, TrainRecipe
 
 TASKS = ("category", "match", "tags", "score")
 
@@ -136,3 +141,44 @@ def test_compile(tmp_path: Path) -> None:
     recipe = train(tmp_path, ["trainer.compile=true", "modalities=[tabular]", "tasks=[score]"])
     assert recipe.forward_model is not recipe.model
     assert math.isfinite(recipe.best["value"])
+
+
+def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_result(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides = ["trainer.max_epochs=3"]
+    full = train(tmp_path / "full", overrides)
+
+    original_step = TrainRecipe.optimizer_step
+
+    def step_then_signal(self: TrainRecipe) -> None:
+        original_step(self)
+        if self.step == 5:  # the scheduler of a cluster sends SIGTERM in the middle of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(TrainRecipe, "optimizer_step", step_then_signal)
+    with pytest.raises(Preempted, match="stopped by SIGTERM at step 5"):
+        train(tmp_path / "run", overrides)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(TrainRecipe, "optimizer_step", original_step)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+
+    resumed = train(tmp_path / "run", [*overrides, "trainer.resume=auto"])
+    assert resumed.step == full.step == 9 and resumed.best == full.best
+    steps = [e.step for e in scalars(tmp_path / "run").Scalars("train/loss/total")]
+    assert steps == list(range(1, 10))  # TensorBoard continues without duplicated steps
+
+
+def test_sigterm_from_outside_exits_with_the_preempted_status(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mtmm_train", f"hydra.run.dir={run}", *TINY, "trainer.max_epochs=1000"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err[-2000:]
+    assert "stopped by SIGTERM" in err and "trainer.resume=auto" in err and "Traceback" not in err
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < state["step"] < 3000
