@@ -71,3 +71,31 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint '{path}' is not an mtmm-train checkpoint (no 'model' and 'config' entries)")
     return state
+
+
+# Callables a stored config may name without an explicit opt-in: the project's own components
+# and torch's optimizers and schedulers.
+TRUSTED_TARGETS = ("mtmm_train.", "torch.optim.")
+
+
+def check_targets(config: Any, source: str, allow_foreign: bool = False, key: str = "") -> None:
+    """Refuse a stored config whose ``_target_`` names a callable outside :data:`TRUSTED_TARGETS`.
+
+    A checkpoint loads without running code (``weights_only=True``), but rebuilding a model from
+    the config inside it instantiates every ``_target_``: a crafted file could name any callable.
+
+    Raises:
+        UserError: naming the key, the target found and the flag that allows it.
+    """
+    if allow_foreign:
+        return
+    if isinstance(config, dict):
+        target = config.get("_target_")
+        if target is not None and not str(target).startswith(TRUSTED_TARGETS):
+            raise UserError(f"{source}: the stored config's {key or '(root)'}._target_ is '{target}', outside "
+                            f"{', '.join(TRUSTED_TARGETS)}; if you trust this file, pass allow_foreign_targets=true")
+        for k, v in config.items():
+            check_targets(v, source, allow_foreign, f"{key}.{k}" if key else str(k))
+    elif isinstance(config, list):
+        for i, v in enumerate(config):
+            check_targets(v, source, allow_foreign, f"{key}[{i}]")

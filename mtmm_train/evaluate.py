@@ -57,6 +57,8 @@ class EvalConfig:
         drop: fractions of samples whose modality is marked missing (and zeroed).
         seed: seed of the corruption draws.
         plot: write ``robustness.png`` (needs matplotlib: ``pip install 'mtmm-train[plot]'``).
+        allow_foreign_targets: rebuild the model even if the config stored in the checkpoint
+            names ``_target_`` callables outside mtmm_train and torch.optim (trusted files only).
     """
 
     checkpoint: str = MISSING
@@ -69,6 +71,7 @@ class EvalConfig:
     drop: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     seed: int = 0
     plot: bool = True
+    allow_foreign_targets: bool = False
 
 
 def eval_dir(checkpoint: str | None) -> str:
@@ -80,7 +83,8 @@ def eval_dir(checkpoint: str | None) -> str:
     return str(run_dir / "eval" / path.stem)
 
 
-def load_recipe(path: str | Path, device: str, batch_size: int | None, output_dir: Path) -> TrainRecipe:
+def load_recipe(path: str | Path, device: str, batch_size: int | None, output_dir: Path,
+                allow_foreign_targets: bool = False) -> TrainRecipe:
     """Rebuild the run of a checkpoint (data, model) with its stored config, and load the weights.
 
     Raises:
@@ -89,6 +93,7 @@ def load_recipe(path: str | Path, device: str, batch_size: int | None, output_di
     check(Path(path).is_file(), f"checkpoint='{path}' is not a file; pass one that mtmm-train wrote, e.g. "
                                 "checkpoint=logs/runs/<time>/checkpoints/best.pt")
     state = ckpt.load(path)  # weights_only=True
+    ckpt.check_targets(state["config"], f"checkpoint '{path}'", allow_foreign_targets)
     cfg = OmegaConf.create(state["config"])
     # Trainer and logger settings added since the checkpoint was written take today's defaults.
     configs = importlib.resources.files("mtmm_train.configs")
@@ -175,7 +180,7 @@ def evaluate_checkpoint(cfg: EvalConfig, output_dir: Path) -> dict[str, Any]:
         bad = [v for v in getattr(cfg, kind) if not (v > 0 and (kind == "noise" or v <= 1))]
         check(not bad, f"{kind} levels must be {'> 0' if kind == 'noise' else 'in (0, 1]'}, found {bad[:1]}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe(cfg.checkpoint, cfg.device, cfg.batch_size, output_dir)
+    recipe = load_recipe(cfg.checkpoint, cfg.device, cfg.batch_size, output_dir, cfg.allow_foreign_targets)
     check(cfg.split in recipe.splits, f"split is '{cfg.split}', which the data lacks; use one of {list(recipe.splits)}")
     data, modalities = recipe.splits[cfg.split], list(recipe.data.modalities)
     primary = {t: f"{t}/{PRIMARY_METRIC[task.spec.kind]}" for t, task in recipe.tasks.items()}
