@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,12 @@ from mtmm_train.data import TensorSplit
 from mtmm_train.errors import UserError
 from mtmm_train.evaluate import EvalConfig, corrupt, evaluate_checkpoint, keep_only, random_draws, robustness_score
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 MODALITIES = ["image", "audio", "text", "tabular"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster, and leaves the other core free
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread (and do not fight other tests for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

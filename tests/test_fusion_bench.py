@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 
 import pytest
-import torch
 from conftest import ROOT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread (and do not fight other tests for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def load_bench():  # noqa: ANN201 - a module loaded from a path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,8 @@ from mtmm_train.fusion import TensorFusion
 from mtmm_train.model import MultiModalModel
 from mtmm_train.recipe import TrainRecipe
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 FUSIONS = sorted(p.stem for p in (CONFIGS / "fusion").glob("*.yaml"))
 CASES = [(f, ()) for f in FUSIONS] + [("late", ("fusion.combine=learned",))]
 IDS = [f + "".join(e) for f, e in CASES]
@@ -32,13 +33,6 @@ MODALITIES = ("image", "audio", "text", "tabular")
 BATCH = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread (and do not fight other tests for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -8,14 +8,13 @@ Margins measured with seeds 0, 1, 2 (test AUROC): see the README's fusion chapte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # tiny models: one thread is faster
 
 # The MLP image encoder keeps the blob's position (the class); the default CNN pools it away
 # and needs ~3x the epochs. Low noise and 2000 samples let every fusion learn in 5 epochs.
@@ -26,13 +25,6 @@ CHANCE = (0.42, 0.58)
 MARGIN = 0.2
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train faster on one thread (and do not fight other tests for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def match_auroc(tmp_path: Path, overrides: list[str]) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,9 @@ from mtmm_train.errors import UserError
 from mtmm_train.evaluate import EvalConfig, evaluate_checkpoint
 from mtmm_train.recipe import TrainRecipe
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train faster on one thread (and do not fight other tests for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def test_modality_dropout_never_drops_all_of_a_sample(tmp_path: Path) -> None:
