@@ -78,3 +78,15 @@ def test_every_encoder_config_builds_on_a_modality_it_reads(path: Path, tmp_path
 def test_every_head_config_builds(path: Path, tmp_path: Path) -> None:
     recipe = _setup([override_for(path, "score")], tmp_path)
     assert recipe.train() == recipe.best["value"]
+
+
+@pytest.mark.parametrize("experiment", ["penguins", "reference_small"])
+def test_debug_fast_works_with_other_datasets(experiment: str, tmp_path: Path) -> None:
+    overrides = [f"experiment={experiment}", "debug=fast", "logger.progress_bar=false", "logger.tensorboard=false"]
+    if experiment == "reference_small":  # keep the CPU cost down: small batches of the big model
+        overrides += ["trainer.batch_size=4", "trainer.eval_batch_size=64", "dataset.num_train=32",
+                      "dataset.num_val=8"]
+    recipe = TrainRecipe(compose_cfg(overrides), tmp_path)
+    recipe.setup()
+    recipe.train()
+    assert recipe.step == min(5, recipe.steps_per_epoch)
