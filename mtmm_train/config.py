@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mtmm_train.errors import UserError
 
 PRECISIONS = ("32", "bf16", "fp16")
+NONFINITE_POLICIES = ("warn", "skip", "stop")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class TrainerConfig:
     gradient_clip_norm: float | None = MISSING
     compile: bool = MISSING
     deterministic: bool = MISSING
+    nonfinite: str = MISSING
     monitor: str = MISSING
     monitor_mode: str = MISSING
     early_stopping_patience: int | None = MISSING
@@ -75,6 +77,8 @@ def check_trainer(t: TrainerConfig) -> None:
     if t.float32_matmul_precision not in ("highest", "high", "medium"):
         problems.append("trainer.float32_matmul_precision must be highest, high or medium, found "
                         f"'{t.float32_matmul_precision}'")
+    if t.nonfinite not in NONFINITE_POLICIES:
+        problems.append(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, found '{t.nonfinite}'")
     if t.monitor_mode not in ("min", "max"):
         problems.append(f"trainer.monitor_mode must be min or max, found '{t.monitor_mode}'")
     if t.gradient_clip_norm is not None and t.gradient_clip_norm <= 0:

@@ -187,7 +187,8 @@ class TrainRecipe:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: dict[str, Any] = {"value": None, "epoch": None, "step": None, "metrics": {}}
         self.bad_epochs = 0
-        self.skipped_steps = 0  # fp16 steps skipped because gradients overflowed
+        self.skipped_steps = 0  # steps skipped: fp16 overflow, or a non-finite loss with trainer.nonfinite=skip
+        self.skip_update = False
         self.sums = torch.zeros(2, len(self.tasks), device=self.device)
         # Each step's weights, row `step % N`, written to TensorBoard at the next log.
         self.step_weights = torch.zeros(self.logger_cfg.log_every_n_steps, len(self.tasks), device=self.device)
@@ -306,14 +307,34 @@ class TrainRecipe:
         losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
                                                  self.autocast, self.scaler, self.shared_params, self.step,
                                                  1.0 / acc, gramian=logged)
+        if self.trainer.nonfinite != "warn":
+            self.check_finite(losses)
         self.sums[0] += losses
         self.sums[1] += weights
         self.step_weights[self.step % every] += weights if acc == 1 else weights / acc
         if gramian is not None:
             self.gramian = gramian
 
+    def check_finite(self, losses: Tensor) -> None:
+        """``trainer.nonfinite=skip|stop``: act on a NaN/Inf task loss (one host read per step)."""
+        bad = [t for t, finite in zip(self.tasks, torch.isfinite(losses).tolist(), strict=True) if not finite]
+        if not bad:
+            return
+        where = f"non-finite loss for task(s) {', '.join(bad)} at step {self.step + 1}"
+        if self.trainer.nonfinite == "stop":
+            raise UserError(f"{where} (trainer.nonfinite=stop); check the data and targets of those tasks, lower "
+                            "optimizer.lr, or use trainer.nonfinite=skip")
+        log.warning("%s: update skipped (trainer.nonfinite=skip)", where)
+        self.skip_update = True
+
     def optimizer_step(self) -> None:
         """Unscale, clip, step, update the scaler and the schedule, clear gradients."""
+        if self.skip_update:  # trainer.nonfinite=skip: drop this step's (non-finite) gradients
+            self.skip_update = False
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            return
         if self.trainer.gradient_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer.gradient_clip_norm)
@@ -351,7 +372,7 @@ class TrainRecipe:
         if self.gramian is not None:
             scalars.update(cosine_scalars(self.gramian, list(self.tasks)))
             self.gramian = None
-        if self.scaler.is_enabled():
+        if self.scaler.is_enabled() or self.trainer.nonfinite == "skip":
             scalars["train/skipped_steps"] = self.skipped_steps
         self.tb.scalars(scalars, self.step)
         bar.set_postfix({"loss": f"{total:.3f}", **{t: f"{v:.3f}" for t, v in losses.items()}}, refresh=False)

@@ -58,6 +58,7 @@ BAD = [
     (["trainer.resume=/no/such/last.pt"], "checkpoint '/no/such/last.pt' does not exist"),
     (["seed=abc"], "seed must be an integer"),
     (["trainer.device=tpu:x"], "trainer.device 'tpu:x' is not a device"),
+    (["trainer.nonfinite=maybe"], "trainer.nonfinite must be one of warn, skip, stop, found 'maybe'"),
 ]
 N_SUBPROCESS = 4
 

@@ -16,6 +16,7 @@ import torch
 from conftest import TINY, compose_cfg, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mtmm_train.errors import UserError
 from mtmm_train.recipe import Preempted, TrainRecipe
 
 TASKS = ("category", "match", "tags", "score")
@@ -182,3 +183,27 @@ def test_sigterm_from_outside_exits_with_the_preempted_status(tmp_path: Path) ->
     assert "stopped by SIGTERM" in err and "trainer.resume=auto" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert 0 < state["step"] < 3000
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_loss_policy(policy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtmm_train.tasks.regression import RegressionTask
+
+    calls = {"n": 0}
+    original = RegressionTask.per_sample_loss
+
+    def nan_on_second_batch(self, pred, target, labeled):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        loss = original(self, pred, target, labeled)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(RegressionTask, "per_sample_loss", nan_on_second_batch)
+    if policy == "stop":
+        expected = r"non-finite loss for task\(s\) score at step 2 \(trainer.nonfinite=stop\)"
+        with pytest.raises(UserError, match=expected):
+            train(tmp_path, ["trainer.nonfinite=stop", "logger.tensorboard=false"])
+        return
+    recipe = train(tmp_path, ["trainer.nonfinite=skip", "trainer.max_epochs=2"])
+    assert recipe.skipped_steps == 1 and recipe.step == 6
+    assert all(torch.isfinite(p).all() for p in recipe.model.parameters())
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped_steps"] == 1
