@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -36,6 +35,7 @@ class _Cosine:
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+
 def cosine(optimizer: Optimizer, total_steps: int, warmup: float = 0.05, min_lr_ratio: float = 0.0) -> LRScheduler:
     """Cosine decay with linear warm-up.
 
@@ -56,7 +56,6 @@ def constant(optimizer: Optimizer, total_steps: int) -> LRScheduler:
     """No schedule: the learning rate stays as configured."""
     return LambdaLR(optimizer, _one)
 
+
 def _one(step: int) -> float:
     return 1.0
-
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
