@@ -26,6 +26,8 @@ def override_for(path: Path, target: str | None = None) -> str:
         return f"encoder@model.encoders.{target}={path.stem}"
     if group == "head":
         return f"head@model.heads.{target}={path.stem}"
+    if group.startswith("hydra/"):  # Hydra's own groups (hydra/launcher, ...) are always in its defaults list
+        return f"{group}={path.stem}"
     return f"{'' if group in DEFAULT_GROUPS else '+'}{group}={path.stem}"
 
 
