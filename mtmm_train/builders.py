@@ -16,7 +16,7 @@ def build(node: DictConfig, key: str, **runtime: Any) -> Any:
     """``instantiate(node)`` called with ``runtime``, the sizes and objects known only at run time.
 
     A node with ``_partial_: true`` (optimizer, scheduler) returns the partial, with
-    ``runtime`` bound.
+    ``runtime`` bound; calling it raises :class:`UserError` as well.
 
     Args:
         node: the config node (holds ``_target_`` and the constructor's arguments).
@@ -41,13 +41,20 @@ def build(node: DictConfig, key: str, **runtime: Any) -> Any:
         cause = e.__cause__ or e
         raise UserError(f"{key} (_target_ {node._target_}) could not be built: {_one_line(cause)}") from None
     if node.get("_partial_", False):
-        return functools.partial(factory, **runtime)
+        return functools.partial(_call, factory, key, node._target_, **runtime)
+    return _call(factory, key, node._target_, **runtime)
+
+
+def _call(factory: Any, key: str, target: str, *args: Any, **kwargs: Any) -> Any:
+    # A partial (optimizer, scheduler) is called later by the recipe: its bad settings
+    # (optimizer.lr=-1, betas=[0.9]) must fail there as one line too.
     try:
-        return factory(**runtime)
+        return factory(*args, **kwargs)
     except UserError:
         raise
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{key} (_target_ {node._target_}) could not be built: {_one_line(e)}") from None
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as e:
+        raise UserError(f"{key} (_target_ {target}) could not be built: {_one_line(e)}; check the settings "
+                        f"under {key}") from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,12 @@ def load(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch highlights part of its message for terminals
         raise UserError(f"checkpoint '{path}' cannot be loaded safely ({first[:200]}); "
                         "it is truncated, not an mtmm-train checkpoint, or holds code") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"checkpoint '{path}' is not an mtmm-train checkpoint (no 'model' and 'config' entries)")
+        raise UserError(f"checkpoint '{path}' is not an mtmm-train checkpoint (no 'model' and 'config' entries); "
+                        "pass a checkpoints/last.pt or best.pt that mtmm-train wrote")
     return state
 
 

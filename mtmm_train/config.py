@@ -6,6 +6,7 @@ are read by the recipe, so a typo or a wrong type must fail before training, in 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -16,6 +17,8 @@ from mtmm_train.errors import UserError
 
 PRECISIONS = ("32", "bf16", "fp16")
 NONFINITE_POLICIES = ("warn", "skip", "stop")
+TYPE_EXAMPLES = {"int": "8", "int | None": "8 (or null)", "bool": "true", "float | None": "1.0 (or null)",
+                 "str": "'...'", "str | None": "'...' (or null)"}
 
 
 @dataclass
@@ -50,6 +53,16 @@ class LoggerConfig:
     progress_bar: bool = MISSING
     grad_cosine_every_n_steps: int | None = MISSING
 
+    def __post_init__(self) -> None:
+        # Runs when typed() builds the object, so a bad interval fails in setup, not at the first log.
+        if self.log_every_n_steps < 1:
+            raise UserError(f"logger.log_every_n_steps must be >= 1, found {self.log_every_n_steps}; "
+                            "e.g. logger.log_every_n_steps=10")
+        every = self.grad_cosine_every_n_steps
+        if every is not None and every < 1:
+            raise UserError(f"logger.grad_cosine_every_n_steps must be >= 1 or null, found {every}; "
+                            "use null to turn it off")
+
 
 def typed(cfg: DictConfig, key: str, schema: type) -> Any:
     """Merge ``cfg[key]`` onto ``schema``: unknown keys and wrong types become one-line errors."""
@@ -61,9 +74,16 @@ def typed(cfg: DictConfig, key: str, schema: type) -> Any:
             raise UserError(f"{key}.{missing[0]} has no value; set it, e.g. {key}.{missing[0]}=...")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        bad = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        msg = str(e).splitlines()[0]
-        raise UserError(f"{key}.{bad}: {msg}; allowed keys: {', '.join(names)}") from None
+        bad = str(getattr(e, "full_key", None) or getattr(e, "key", None) or "?")
+        if bad not in names:  # an unknown key (a typo, or a setting this version does not have)
+            close = difflib.get_close_matches(bad, names, n=1)
+            hint = f"did you mean {key}.{close[0]}? " if close else ""
+            raise UserError(f"{key}.{bad} is not a setting of {key}; {hint}allowed keys: {', '.join(names)}") \
+                from None
+        kind = next(str(f.type) for f in fields(schema) if f.name == bad)
+        found = OmegaConf.select(cfg[key], bad) if OmegaConf.is_config(cfg[key]) else "?"
+        raise UserError(f"{key}.{bad} must be of type {kind}, found {found!r}; e.g. "
+                        f"{key}.{bad}={TYPE_EXAMPLES.get(kind, '...')}") from None
 
 
 def check_trainer(t: TrainerConfig) -> None:

@@ -475,16 +475,16 @@ class TrainRecipe:
             log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
             return None
         state = checkpoint.load(path)
-        try:
+        try:  # any of these refuses a checkpoint of another config (model, balancer, optimizer, precision)
             self.model.load_state_dict(state["model"])
             self.balancer.load_state_dict(state["balancer"])
-        except RuntimeError as e:
-            first = str(e).splitlines()[0]
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = " ".join(str(e).split())[:300]
             raise UserError(f"checkpoint '{path}' was written for another model config ({first}); resume it "
                             "with the config it was trained with, or start a new run") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])

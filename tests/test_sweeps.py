@@ -11,6 +11,7 @@ import yaml
 from conftest import TINY, run_cli
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 
 def best_values(sweep: Path) -> dict[str, float]:
@@ -96,7 +97,7 @@ def test_optuna_search_with_sqlite_storage_returns_the_best_trial(tmp_path: Path
     assert len(report_rows(sweep, tmp_path)) == 3
 
 
-def compose_with_hydra(overrides: list[str]):
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
     """Compose ``train.yaml`` with ``overrides``, keeping the ``hydra`` node."""
     with initialize_config_module(config_module="mtmm_train.configs", version_base="1.3"):
         return compose(config_name="train", overrides=overrides, return_hydra_config=True)
@@ -118,7 +119,7 @@ def test_slurm_preset_writes_an_sbatch_script_with_gpus_time_limit_and_requeue_s
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\n")
     (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{Path('/usr/bin')}:{Path('/bin')}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     submitted: list[list[str]] = []
 
     def intercept(self: submitit.core.utils.CommandFunction, *args: object, **kwargs: object) -> str:

@@ -20,7 +20,15 @@ from mtmm_train.builders import build
 from mtmm_train.data.base import MultiModalData, TensorSplit
 from mtmm_train.data.cache import cache_key, file_digest, load_cached, save_cached
 from mtmm_train.data.manifest import Table, is_empty, read_manifest
-from mtmm_train.data.readers.base import MAX_LISTED, UNSEEN_POLICIES, ModalityReader, ReadContext, TargetReader, resolve
+from mtmm_train.data.readers.base import (
+    MAX_LISTED,
+    UNSEEN_POLICIES,
+    ModalityReader,
+    ReadContext,
+    TargetReader,
+    check_finite,
+    resolve,
+)
 from mtmm_train.data.splits import SPLITS, assign_splits
 from mtmm_train.errors import UserError, check
 
@@ -134,6 +142,8 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
 
     columns = {key: r.read(table, ReadContext(f"dataset.{key}", root, split, num_workers, unseen_classes))
                for key, r in readers.items()}
+    for key, c in columns.items():  # e.g. NaN inside a .npy file, or statistics that overflowed
+        check_finite(c, f"dataset.{key}", table[readers[key].columns()[0]] if readers[key].reads_files else None)
     present = torch.stack([columns[f"modalities.{m}"].present for m in modalities], 1)  # (N, M)
     keep = present.any(1)
     if not keep.all():

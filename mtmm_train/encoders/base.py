@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
@@ -30,6 +32,7 @@ class Encoder(nn.Module):
                 f"encoder, e.g. encoder@model.encoders.{modality.name}={SUGGESTED[modality.kind]}"
             )
         self.modality = modality.name
+        self.key = f"model.encoders.{modality.name}"  # where its settings sit, for error messages
 
     def tokens(self, x: Tensor) -> Tensor:
         """Encode ``x`` ``(B, *shape)`` into tokens ``(B, L, D)``."""
@@ -41,6 +44,26 @@ class Encoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"modality={self.modality!r}, out_dim={self.out_dim}"
+
+
+def check_sizes(key: str, **sizes: Any) -> None:
+    """Refuse sizes (widths, channels, layers, heads) below 1 before a layer is allocated; None passes.
+
+    Args:
+        key: where the settings sit in the config (``model.encoders.image``, ``fusion``).
+        sizes: setting name -> an integer, a list of integers, or None.
+
+    Raises:
+        UserError: ``<key>.<name> must be ... >= 1, found <value>; ...`` for the first bad setting.
+    """
+    for name, value in sizes.items():
+        many = isinstance(value, list | tuple)
+        values = list(value) if many else [value]
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) for v in values):
+            continue
+        fix = f"give positive integers, e.g. {key}.{name}=[64]" if many else f"give a positive integer, e.g. " \
+            f"{key}.{name}=64"
+        raise UserError(f"{key}.{name} must be {'sizes' if many else 'a size'} >= 1, found {value!r}; {fix}")
 
 
 SUGGESTED = {"image": "cnn", "sequence": "conv1d", "tokens": "embedding_bag", "vector": "mlp"}

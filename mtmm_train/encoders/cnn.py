@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders.base import Encoder
+from mtmm_train.encoders.base import Encoder, check_sizes
 
 
 class CNNEncoder(Encoder):
@@ -27,6 +27,7 @@ class CNNEncoder(Encoder):
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, channels: tuple[int, ...] = (16, 32),
                  convs_per_block: int = 1, batch_norm: bool = True, channels_last: bool = False) -> None:
         super().__init__(modality, kinds=("image",))
+        check_sizes(self.key, out_dim=out_dim, channels=channels, convs_per_block=convs_per_block)
         self.out_dim = out_dim
         layers: list[nn.Module] = []
         c_in = modality.shape[0]

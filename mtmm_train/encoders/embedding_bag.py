@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders.base import Encoder
+from mtmm_train.encoders.base import Encoder, check_sizes
 
 
 class EmbeddingBagEncoder(Encoder):
@@ -20,6 +20,7 @@ class EmbeddingBagEncoder(Encoder):
 
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, embed_dim: int = 64, padding_idx: int = 0) -> None:
         super().__init__(modality, kinds=("tokens",))
+        check_sizes(self.key, out_dim=out_dim, embed_dim=embed_dim)
         self.out_dim = out_dim
         self.embed = nn.Embedding(modality.vocab_size, embed_dim, padding_idx=padding_idx)
         self.padding_idx = padding_idx

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders.base import Encoder
+from mtmm_train.encoders.base import Encoder, check_sizes
 
 
 class TransformerEncoder(Encoder):
@@ -33,6 +33,8 @@ class TransformerEncoder(Encoder):
                  ffn_mult: int = 4, dropout: float = 0.0, max_length: int = 512, padding_idx: int | None = 0,
                  final_norm: bool = True) -> None:
         super().__init__(modality, kinds=("tokens", "sequence"))
+        check_sizes(self.key, out_dim=out_dim, num_layers=num_layers, num_heads=num_heads, ffn_mult=ffn_mult,
+                    max_length=max_length)
         self.out_dim = out_dim
         self.is_tokens = modality.kind == "tokens"
         self.padding_idx = padding_idx

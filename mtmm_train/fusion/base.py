@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mtmm_train.encoders.base import check_sizes
+
 
 class Fusion(nn.Module):
     """Base of all fusion methods.
@@ -68,6 +70,7 @@ class ProjectedFusion(Fusion):
 
     def __init__(self, in_dims: dict[str, int], dim: int | None) -> None:
         super().__init__(in_dims)
+        check_sizes("fusion", dim=dim)
         sizes = set(in_dims.values())
         needs_projection = self.always_project or dim is not None or len(sizes) > 1
         self.out_dim = dim if dim is not None else max(sizes)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mtmm_train.encoders.base import check_sizes
 from mtmm_train.errors import UserError
 from mtmm_train.fusion.base import Fusion
 
@@ -31,6 +32,7 @@ class TensorFusion(Fusion):
 
     def __init__(self, in_dims: dict[str, int], dim: int | None, max_features: int) -> None:
         super().__init__(in_dims)
+        check_sizes("fusion", dim=dim, max_features=max_features)
         sizes = [dim if dim is not None else d for d in in_dims.values()]
         self.out_dim = math.prod(s + 1 for s in sizes)
         if self.out_dim > max_features:

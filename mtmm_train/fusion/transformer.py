@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mtmm_train.encoders.base import check_sizes
 from mtmm_train.errors import check
 from mtmm_train.fusion.base import Fusion
 
@@ -36,6 +37,8 @@ class TransformerFusion(Fusion):
     def __init__(self, in_dims: dict[str, int], dim: int, num_layers: int, num_heads: int, ffn_mult: int,
                  dropout: float, max_tokens: int) -> None:
         super().__init__(in_dims)
+        check_sizes("fusion", dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_mult=ffn_mult,
+                    max_tokens=max_tokens)
         check(dim % num_heads == 0, f"fusion.num_heads must divide fusion.dim, found num_heads={num_heads} "
                                     f"and dim={dim}; choose e.g. fusion.num_heads=4 with fusion.dim=64")
         self.out_dim = dim

@@ -7,6 +7,7 @@ the data (a vocabulary, classes, statistics) learn it from the training split on
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,18 +175,49 @@ def stack_present(rows: list[Tensor | None], shape: tuple[int, ...]) -> Column:
 
 
 def float_cells(cells: list[Any], key: str, column: str) -> Tensor:
-    """Parse cells as floats (NaN where empty); fail on the first cell that is not a number."""
+    """Parse cells as floats (NaN where empty); fail on the first cell that is not a finite number.
+
+    A cell that spells NaN or infinity (``nan``, ``inf``, ``1e999``, JSON ``Infinity``) is refused
+    rather than read: NaN would silently become a missing value, and infinity would turn the
+    training statistics, and then every loss, into NaN. A float NaN cell (pandas, Parquet) is empty.
+    """
     out = []
     for i, v in enumerate(cells):
         if is_empty(v):
             out.append(float("nan"))
             continue
         try:
-            out.append(float(v))
+            x = float(v)
         except (TypeError, ValueError):
             raise UserError(f"{key}: column '{column}' row {i + 1} holds {v!r}, not a number; fix the cell or "
                             "leave it empty (missing)") from None
+        if not math.isfinite(x):
+            raise UserError(f"{key}: column '{column}' row {i + 1} holds {v!r}, not a finite number; fix the cell "
+                            "or leave it empty (missing)")
+        out.append(x)
     return torch.tensor(out, dtype=torch.float64)
+
+
+def check_finite(column: Column, key: str, rows: list[Any] | None = None) -> None:
+    """Refuse NaN or infinite values in the rows a reader marked present (labelled).
+
+    Args:
+        column: what the reader returned.
+        key: the reader's key, for the message.
+        rows: the column's cells, to name the first bad one (a file path, for file readers).
+
+    Raises:
+        UserError: naming how many rows hold NaN or Inf, the first one and its cell.
+    """
+    if not column.values.is_floating_point():
+        return
+    bad = ~torch.isfinite(column.values.reshape(len(column.values), -1)).all(1) & column.present
+    if not bad.any():
+        return
+    first = int(bad.nonzero()[0])
+    cell = f" ({rows[first]!r})" if rows is not None else ""
+    raise UserError(f"{key}: {int(bad.sum())} row(s) hold NaN or Inf values, the first is row {first + 1}{cell}; "
+                    "fix the data there, or empty those cells (a missing value)")
 
 
 def class_key(value: Any) -> str:
