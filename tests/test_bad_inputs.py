@@ -130,18 +130,21 @@ def with_files(column: str, write: Callable[[Path, int], str], bad: Callable[[Pa
 
 
 def png(root: Path, i: int) -> str:
+    """A 4x4 PNG for row ``i``."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((4, 4, 3), 10 * i, dtype=np.uint8)).save(root / f"img/{i}.png")
     return f"img/{i}.png"
 
 
 def npy(root: Path, i: int) -> str:
+    """A 3-vector ``.npy`` for row ``i``."""
     (root / "npy").mkdir(parents=True, exist_ok=True)
     np.save(root / f"npy/{i}.npy", np.full(3, i, dtype=np.float32))
     return f"npy/{i}.npy"
 
 
 def wav(root: Path, i: int) -> str:
+    """A 0.1 s silent WAV for row ``i``."""
     (root / "wav").mkdir(parents=True, exist_ok=True)
     with wave.open(str(root / f"wav/{i}.wav"), "wb") as w:
         w.setnchannels(1)
@@ -158,6 +161,7 @@ AUDIO = ("+reader@dataset.modalities.voice=audio", "+encoder@model.encoders.voic
 
 
 def header_only(env: Env) -> list[str]:
+    """A manifest with its header and no row."""
     overrides = write_manifest(env, rows())
     path = env.tmp / "data" / "manifest.csv"
     path.write_text(path.read_text().splitlines()[0] + "\n")
@@ -165,38 +169,46 @@ def header_only(env: Env) -> list[str]:
 
 
 def empty_file(env: Env) -> list[str]:
+    """A manifest of zero bytes."""
     overrides = write_manifest(env, rows())
     (env.tmp / "data" / "manifest.csv").write_bytes(b"")
     return overrides
 
 
 def no_val_rows(env: Env) -> list[str]:
+    """Every row in the training fold."""
     return write_manifest(env, [{**r, "fold": "train"} for r in rows()])
 
 
 def one_class(env: Env) -> list[str]:
+    """One class everywhere."""
     return write_manifest(env, [{**r, "kind": "x"} for r in rows()])
 
 
 def no_val_label(env: Env) -> list[str]:
+    """The regression target is empty in every validation row."""
     return write_manifest(env, [{**r, "y": "" if r["fold"] == "val" else r["y"]} for r in rows()])
 
 
 def third_binary_class(env: Env) -> list[str]:
+    """A binary target (no/yes) with a third value."""
     table = [{**r, "sick": ("no", "yes")[i % 2]} for i, r in enumerate(rows())]
     table[6]["sick"] = "maybe"
     return write_manifest(env, table, ("+target@dataset.tasks.sick=binary", "+head@model.heads.sick=linear"))
 
 
 def broken_png(root: Path) -> None:
+    """An image file that is not an image."""
     (root / "img/2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
 
 
 def nan_array(root: Path) -> None:
+    """NaN inside one array file."""
     np.save(root / "npy/9.npy", np.array([1.0, np.nan, 2.0], dtype=np.float32))
 
 
 def short_array(root: Path) -> None:
+    """One array of another shape."""
     np.save(root / "npy/4.npy", np.zeros(5, dtype=np.float32))
 
 
@@ -217,6 +229,7 @@ def marker(env: Env) -> Path:
 
 
 def code_checkpoint(env: Env) -> Path:
+    """A checkpoint whose model entry runs code when unpickled."""
     path = env.tmp / "evil" / "checkpoints" / "last.pt"
     path.parent.mkdir(parents=True)
     torch.save({"model": CodePayload(marker(env)), "config": {}}, path)
@@ -224,6 +237,7 @@ def code_checkpoint(env: Env) -> Path:
 
 
 def truncated(env: Env) -> Path:
+    """The good run's last.pt cut in half, elsewhere."""
     good = (env.good / "checkpoints" / "last.pt").read_bytes()
     path = env.tmp / "cut" / "checkpoints" / "last.pt"
     path.parent.mkdir(parents=True)
@@ -251,12 +265,14 @@ def truncated_in_run(env: Env) -> list[str]:
 
 
 def text_file(env: Env) -> Path:
+    """A text file named like a checkpoint."""
     path = env.tmp / "notes.pt"
     path.write_text("these are my notes, not a checkpoint\n")
     return path
 
 
 def foreign_dict(env: Env) -> Path:
+    """Another program's torch file."""
     path = env.tmp / "weights.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     return path
@@ -277,6 +293,7 @@ def evaluate(make: Callable[[Env], Path]) -> Callable[[Env], list[str]]:
 
 
 def foreign_target(env: Env) -> Path:
+    """The good checkpoint, its stored fusion naming os.system."""
     state = torch.load(env.good / "checkpoints" / "last.pt", weights_only=True)
     state["config"]["fusion"]["_target_"] = "os.system"
     path = env.tmp / "crafted" / "checkpoints" / "best.pt"
@@ -286,6 +303,7 @@ def foreign_target(env: Env) -> Path:
 
 
 def absent(env: Env) -> Path:
+    """A checkpoint path that does not exist."""
     return env.tmp / "gone" / "checkpoints" / "best.pt"
 
 
