@@ -57,6 +57,14 @@ def save(state: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files :func:`save` leaves when killed mid-write; return them."""
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def load(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no code runs); clear errors for bad files."""
     path = Path(path)

@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from mtmm_train import distributed
 from mtmm_train.errors import UserError
 from mtmm_train.recipe import Preempted, TrainRecipe
 
@@ -40,8 +41,12 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    _hydra_main()
+    """Console-script entry point (also under ``torchrun --nproc_per_node=N -m mtmm_train``)."""
+    distributed.init_from_env()  # before Hydra: the ranks must agree on the run folder's time
+    try:
+        _hydra_main()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

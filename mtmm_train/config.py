@@ -35,6 +35,7 @@ class TrainerConfig:
     gradient_clip_norm: float | None = MISSING
     compile: bool = MISSING
     deterministic: bool = MISSING
+    sync_batchnorm: bool = MISSING
     nonfinite: str = MISSING
     monitor: str = MISSING
     monitor_mode: str = MISSING

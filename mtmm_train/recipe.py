@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mtmm_train import checkpoint
+from mtmm_train import checkpoint, distributed
 from mtmm_train.balancers.base import BalanceContext, Balancer, cosine_scalars, task_gramian
 from mtmm_train.batch import Batch
 from mtmm_train.builders import build
@@ -44,12 +45,17 @@ AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, batch: Batch,
                   autocast: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
                   shared_params: list[nn.Parameter], step: int, loss_scale: float,
-                  gramian: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+                  gramian: bool = False, data_parallel: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Forward, per-task losses, and the balancer's backward for one (micro-)batch.
 
     Args:
         gramian: also return the Gramian of the task gradients w.r.t. the shared representation
             (for logging their cosine similarities; costs a backward through the heads per task).
+        data_parallel: one of several processes (torchrun). Each task's loss is rescaled so
+            that the mean over processes (what DistributedDataParallel's gradient averaging
+            takes) is the mean over the global batch's labelled samples, as in one process with
+            the whole batch; the balancer sees labelled counts summed over processes, and
+            reduces what it derives weights from (``BalanceContext.reduce``).
 
     Returns:
         ``(losses, weights, gramian)``: detached ``(T,)`` tensors in task order, still on the
@@ -61,7 +67,16 @@ def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, 
         if loss_scale != 1.0:
             losses = {t: loss * loss_scale for t, loss in losses.items()}
         amp = torch.is_autocast_enabled(shared.device.type)
-    ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled), scaler, step, amp)
+    if data_parallel:
+        local = torch.stack([batch.labeled[t].sum() for t in tasks]).float()
+        totals = distributed.total(local)  # a (T,) all-reduce per step; asynchronous on the GPU
+        world = distributed.info().world_size
+        share = local * world / totals.clamp_min(1)
+        losses = {t: losses[t] * share[i] for i, t in enumerate(tasks)}
+        ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled, totals), scaler, step, amp,
+                             reduce=distributed.mean, world_size=world)
+    else:
+        ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled), scaler, step, amp)
     grams = task_gramian([losses[t] for t in tasks], ctx) if gramian else None  # before backward frees the graph
     weights = balancer.backward(losses, ctx)
     stacked = torch.stack([losses[t] for t in tasks]).detach()
@@ -77,11 +92,16 @@ class LabeledCounts(Mapping):
     """task -> number of labelled samples in the batch, summed on first access only.
 
     Most balancers never look, so the loop does not pay a reduction per task per step.
+
+    Args:
+        labeled: task -> ``(B,)`` bool mask of labelled samples.
+        totals: the counts already known, ``(T,)`` in the order of ``labeled`` (data parallel:
+            the sums over all processes).
     """
 
-    def __init__(self, labeled: dict[str, Tensor]) -> None:
+    def __init__(self, labeled: dict[str, Tensor], totals: Tensor | None = None) -> None:
         self.labeled = labeled
-        self.cache: dict[str, Tensor] = {}
+        self.cache: dict[str, Tensor] = {} if totals is None else dict(zip(labeled, totals.unbind(), strict=True))
 
     def __getitem__(self, task: str) -> Tensor:
         if task not in self.cache:
@@ -118,8 +138,11 @@ class TrainRecipe:
         t = self.trainer
 
         self.seed = _int(cfg, "seed")
-        seed_everything(self.seed)
+        seed_everything(self.seed)  # the same on every rank: all ranks draw the same random streams
+        self.dist = distributed.info()
         self.device = pick_device(t.device)
+        if self.dist.distributed and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun: LOCAL_RANK's GPU
         # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
         torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
@@ -152,17 +175,28 @@ class TrainRecipe:
                  for t_, task in self.tasks.items()}
         extra = {k: cfg.model[k] for k in ("missing", "modality_dropout") if k in cfg.model}
         self.model = MultiModalModel(encoders, fusion, mtl, heads, **extra).to(self.device)
+        if self.dist.distributed and t.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise UserError(f"trainer.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only), "
+                                f"but this run trains on {self.device}; set trainer.sync_batchnorm=false")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.balancer: Balancer = build(cfg.balancer, "balancer", tasks=task_names).to(self.device)
         self.shared_params = self.model.shared_parameters()
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        # torchrun: DistributedDataParallel averages gradients during backward (see micro_step).
+        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                           gradient_as_bucket_view=True) if self.dist.distributed else None
+        forward = self.ddp or self.model
+        self.forward_model = torch.compile(forward) if t.compile else forward
 
-        # Optimization.
+        # Optimization. Under torchrun, trainer.batch_size is per process; each global batch is
+        # the one-process batch of batch_size * world_size samples, split between the ranks.
+        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         if stream:
             self.train_loader = build(cfg.loader, "loader", split=self.splits["train"], batch_size=t.batch_size,
-                                      shuffle=True, drop_last=True, seed=self.seed, device=self.device)
+                                      shuffle=True, drop_last=True, seed=self.seed, device=self.device, **shard)
         else:
             self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=True,
-                                               seed=self.seed)
+                                               seed=self.seed, **shard)
         self.batches_per_epoch = len(self.train_loader)
         if t.limit_train_batches is not None:
             self.batches_per_epoch = min(self.batches_per_epoch, t.limit_train_batches)
@@ -195,12 +229,15 @@ class TrainRecipe:
         self.gramian: Tensor | None = None  # of the task gradients at the last logged step
         self.last_metrics: dict[str, float] = {}
         self.resumed_from = self.maybe_resume(t.resume)
-        # Events up to the checkpoint's step were written before it; later ones are stale.
-        self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=self.logger_cfg.tensorboard,
-                              purge_step=self.step + 1 if self.resumed_from else None)
-        log.info("model: %s parameters; %d tasks, %d modalities, %d steps on %s",
+        # Events up to the checkpoint's step were written before it; later ones (or all, when a run
+        # killed before its first checkpoint starts again) are stale. Only rank 0 writes logs.
+        writes = self.logger_cfg.tensorboard and self.dist.is_main
+        self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=writes,
+                              purge_step=self.step + 1 if t.resume is not None else None)
+        log.info("model: %s parameters; %d tasks, %d modalities, %d steps on %s%s",
                  f"{count_parameters(self.model):,}", len(self.tasks), len(self.data.modalities),
-                 self.total_steps, self.device)
+                 self.total_steps, self.device,
+                 f" (rank {self.dist.rank} of {self.dist.world_size})" if self.dist.distributed else "")
 
     def val_metric_keys(self) -> list[str]:
         """Every key :meth:`evaluate` returns, in a stable order."""
@@ -245,13 +282,18 @@ class TrainRecipe:
                 signal.signal(sig, handler)
 
     def stop_if_signalled(self, bar: tqdm) -> None:
-        """After a step: on a pending signal, checkpoint and raise :class:`Preempted`."""
-        if self.stop_signal is None:
+        """After a step: on a pending signal, checkpoint and raise :class:`Preempted`.
+
+        Under torchrun the ranks agree first (a signal may reach them a step apart), and every
+        rank waits until rank 0 has written ``last.pt``.
+        """
+        if not distributed.any_true(self.stop_signal is not None):
             return
         self.save("last.pt")
+        distributed.barrier()
         bar.close()
         self.tb.close()
-        name = signal.Signals(self.stop_signal).name
+        name = signal.Signals(self.stop_signal or signal.SIGTERM).name
         raise Preempted(f"stopped by {name} at step {self.step} (epoch {self.epoch + 1}); wrote "
                         f"{self.ckpt_dir / 'last.pt'}; continue with trainer.resume=auto in the same run folder")
 
@@ -261,8 +303,8 @@ class TrainRecipe:
         sums = self.sums.zero_()  # (2, T): losses and weights summed since the last log
         count, samples, t_log = 0, 0, time.perf_counter()
         t_start, stopped_early = time.perf_counter(), False
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not lg.progress_bar, dynamic_ncols=True,
-                   desc="train", leave=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (lg.progress_bar and self.dist.is_main),
+                   dynamic_ncols=True, desc="train", leave=True)
         while self.epoch < t.max_epochs and not stopped_early:
             self.model.train()
             bar.set_description(f"epoch {self.epoch + 1}/{t.max_epochs}")
@@ -271,18 +313,18 @@ class TrainRecipe:
             for i, batch in enumerate(self.train_loader.epoch(self.epoch, start=start), start=start):
                 if i >= self.steps_per_epoch * t.accumulate_grad_batches:
                     break
-                self.micro_step(batch)
+                self.micro_step(batch, sync=(micro + 1) % t.accumulate_grad_batches == 0)
                 micro += 1
                 if micro % t.accumulate_grad_batches:
                     continue
                 self.optimizer_step()
                 self.batch_in_epoch = i + 1
                 count += 1
-                samples += batch.size * t.accumulate_grad_batches
+                samples += batch.size * t.accumulate_grad_batches * self.dist.world_size
                 bar.update(1)
                 if self.step % lg.log_every_n_steps == 0 or self.step == self.total_steps:
                     # The only host synchronisation of the loop: one read every N steps.
-                    mean = (sums / count).tolist()
+                    mean = (distributed.mean(sums) / count).tolist()
                     elapsed = time.perf_counter() - t_log
                     self.log_train(dict(zip(tasks, mean[0], strict=True)), dict(zip(tasks, mean[1], strict=True)),
                                    samples / max(elapsed, 1e-9), bar, steps=count)
@@ -299,14 +341,29 @@ class TrainRecipe:
         self.finish(time.perf_counter() - t_start, stopped_early)
         return float(self.best["value"])
 
-    def micro_step(self, batch: Batch) -> None:
-        """Forward and backward of one (micro-)batch; its losses and weights are summed on the device."""
+    def micro_step(self, batch: Batch, sync: bool = True) -> None:
+        """Forward and backward of one (micro-)batch; its losses and weights are summed on the device.
+
+        Args:
+            sync: the last micro-batch before an optimizer step: under torchrun, gradients are
+                averaged across processes during its backward (DistributedDataParallel's hooks),
+                or after it when the balancer writes ``.grad`` itself.
+        """
         acc, every = self.trainer.accumulate_grad_batches, self.logger_cfg.log_every_n_steps
         cosine_every = self.logger_cfg.grad_cosine_every_n_steps
         logged = bool(self.logger_cfg.tensorboard and cosine_every and (self.step + 1) % cosine_every == 0)
-        losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
-                                                 self.autocast, self.scaler, self.shared_params, self.step,
-                                                 1.0 / acc, gramian=logged)
+        direct = self.balancer.writes_grads_directly
+        no_sync = self.ddp.no_sync() if self.ddp is not None and (direct or not sync) else contextlib.nullcontext()
+        with no_sync:
+            losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
+                                                     self.autocast, self.scaler, self.shared_params, self.step,
+                                                     1.0 / acc, gramian=logged, data_parallel=self.dist.distributed)
+        if self.dist.distributed and sync:
+            # Gradients DDP's hooks do not see: the balancer's own parameters, and all of them
+            # when the balancer writes .grad itself (parameter-space aggregation).
+            distributed.average_gradients(list(self.balancer.parameters()))
+            if direct:
+                distributed.average_gradients(list(self.model.parameters()))
         if self.trainer.nonfinite != "warn":
             self.check_finite(losses)
         self.sums[0] += losses
@@ -317,7 +374,8 @@ class TrainRecipe:
 
     def check_finite(self, losses: Tensor) -> None:
         """``trainer.nonfinite=skip|stop``: act on a NaN/Inf task loss (one host read per step)."""
-        bad = [t for t, finite in zip(self.tasks, torch.isfinite(losses).tolist(), strict=True) if not finite]
+        finite = distributed.mean(torch.isfinite(losses).float()) == 1  # torchrun: the ranks agree
+        bad = [t for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
         if not bad:
             return
         where = f"non-finite loss for task(s) {', '.join(bad)} at step {self.step + 1}"
@@ -396,9 +454,12 @@ class TrainRecipe:
             self.bad_epochs += 1
         log.info("epoch %d: %s = %.4f (best %.4f at epoch %d)", self.epoch, t.monitor, value,
                  self.best["value"], self.best["epoch"])
-        self.save("last.pt")
+        # best.pt first: a crash between the two leaves last.pt one epoch behind, and the resumed
+        # run evaluates that epoch again and rewrites best.pt the same; the other order could leave
+        # last.pt naming a best epoch whose weights never reached best.pt.
         if better:
             self.save("best.pt")
+        self.save("last.pt")
         patience = t.early_stopping_patience
         if patience is not None and self.bad_epochs >= patience:
             log.info("early stopping: %s did not improve for %d epochs", t.monitor, patience)
@@ -414,8 +475,15 @@ class TrainRecipe:
             ``{"<split>/loss/total", "<split>/loss/<task>", "<split>/<task>/<metric>": float}``.
         """
         self.model.eval()
-        loader = InMemoryLoader(self.splits[split], self.trainer.eval_batch_size)
+        # torchrun: each rank evaluates its part; sums and metrics are reduced over the ranks.
+        loader = InMemoryLoader(self.splits[split], self.trainer.eval_batch_size, rank=self.dist.rank,
+                                world_size=self.dist.world_size)
         metrics = {t: task.metrics().to(self.device) for t, task in self.tasks.items()}
+        if self.dist.distributed:
+            # torchmetrics reduces the states over the ranks in compute(); its compute groups are
+            # found from the first update's values, so they could differ between ranks: off.
+            for collection in metrics.values():
+                collection._enable_compute_groups = False
         loss_sum = torch.zeros(len(self.tasks), device=self.device)
         n_labeled = torch.zeros(len(self.tasks), device=self.device)
         for batch in loader:
@@ -429,6 +497,7 @@ class TrainRecipe:
                 if lab.any():
                     metrics[t].update(*task.metric_inputs(preds[t][lab], batch.targets[t][lab]))
         out: dict[str, float] = {}
+        loss_sum, n_labeled = distributed.total(loss_sum), distributed.total(n_labeled)
         losses = (loss_sum / n_labeled.clamp_min(1)).tolist()
         out[f"{split}/loss/total"] = float(sum(losses))
         for i, t in enumerate(self.tasks):
@@ -463,13 +532,21 @@ class TrainRecipe:
         }
 
     def save(self, name: str) -> None:
-        """Write ``checkpoints/<name>`` atomically."""
-        checkpoint.save(self.state(), self.ckpt_dir / name)
+        """Write ``checkpoints/<name>`` atomically (rank 0 only: the ranks hold the same state).
+
+        TensorBoard's events are flushed first, so that a crash after the checkpoint loses none of
+        the steps the checkpoint covers (a resumed run drops the later ones: ``purge_step``).
+        """
+        if self.dist.is_main:
+            self.tb.flush()
+            checkpoint.save(self.state(), self.ckpt_dir / name)
 
     def maybe_resume(self, resume: str | None) -> Path | None:
         """Load ``trainer.resume`` (``auto``: this run's ``last.pt`` if it exists, or a path)."""
         if resume is None:
             return None
+        if self.dist.is_main:
+            checkpoint.remove_temporaries(self.ckpt_dir)  # left by a run killed while writing
         path = self.ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
         if resume == "auto" and not path.exists():
             log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
@@ -508,7 +585,10 @@ class TrainRecipe:
             "skipped_steps": self.skipped_steps,
             "train_seconds": seconds,
             "parameters": count_parameters(self.model),
+            "world_size": self.dist.world_size,
         }
+        if not self.dist.is_main:
+            return
         (self.output_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True))
         self.tb.hparams(hparams_of(self.cfg, self.trainer), {f"best/{k}": v for k, v in self.best["metrics"].items()})
         self.tb.close()

@@ -44,6 +44,11 @@ class TensorBoard:
         for tag, value in finite.items():
             self.writer.add_scalar(tag, value, 0)
 
+    def flush(self) -> None:
+        """Write buffered events to disk."""
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self) -> None:
         """Flush and close the event file."""
         if self.writer is not None:

@@ -45,6 +45,8 @@ class GradientAggregation(Balancer):
             raise UserError(f"balancer.mode is '{mode}'; allowed: {', '.join(MODES)}; "
                             "e.g. balancer.mode=representation")
         self.mode = mode
+        # Parameter space: torchjd and this class write the shared parameters' .grad themselves.
+        self.writes_grads_directly = mode == "parameters"
 
     def weights(self, gramian: Tensor) -> Tensor:
         """The method: weights ``(m,)`` from a float64 CPU Gramian ``(m, m)`` of ``m >= 1`` tasks."""
@@ -82,6 +84,7 @@ class GradientAggregation(Balancer):
                                 ) -> Tensor:
         # Unlabelled tasks give zero rows here; they are dropped from the Gramian on the host.
         rows, gramian = representation_gramian(scaled, ctx.shared, scale)  # (T, B*D) scaled, (T, T)
+        gramian = ctx.reduce_gramian(gramian)  # data parallel: every process solves for the same weights
         T = len(self.tasks)
         host = torch.cat([gramian.flatten(), counts]).cpu()  # the step's one read of the device
         active = host[T * T:] > 0
@@ -103,7 +106,8 @@ class GradientAggregation(Balancer):
         jacobians = torchjd_api.shared_jacobians([s for s, a in zip(scaled, active, strict=True) if a], ctx.shared,
                                                  params, sequential=ctx.amp)
         with torch.autocast(ctx.shared.device.type, enabled=False):
-            used = [(p, j.flatten(1).float()) for p, j in zip(params, jacobians, strict=True) if j is not None]
+            used = [(p, ctx.reduce(j.flatten(1).float())) for p, j in zip(params, jacobians, strict=True)
+                    if j is not None]
             gramian = sum(j @ j.T for _, j in used) / scale**2
             out = torch.zeros(len(self.tasks), dtype=torch.float64)
             out[active] = self.solve(gramian)

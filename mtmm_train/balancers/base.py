@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,11 @@ class BalanceContext:
             ``scaler.scale``.
         step: the optimizer step about to be taken.
         amp: whether the forward pass ran under a reduced-precision autocast (bf16 or fp16).
+        reduce: the mean over data-parallel processes (identity in one process). Whatever a
+            balancer derives its weights or state from (loss values, Jacobians; Gramians through
+            :meth:`reduce_gramian`) goes through it, so every process computes the same weights;
+            ``labeled_counts`` are already totals over processes.
+        world_size: the number of data-parallel processes.
     """
 
     shared: Tensor
@@ -32,6 +38,17 @@ class BalanceContext:
     scaler: torch.amp.GradScaler
     step: int
     amp: bool = False
+    reduce: Callable[[Tensor], Tensor] = lambda x: x
+    world_size: int = 1
+
+    def reduce_gramian(self, gramian: Tensor) -> Tensor:
+        """The global batch's Gramian w.r.t. the representation, from this process's.
+
+        A representation's gradient is per sample, so Gramians add up over samples; each
+        process's losses carry a factor ``world_size`` (see ``training_step``), hence the mean
+        over processes divided by ``world_size``.
+        """
+        return gramian if self.world_size == 1 else self.reduce(gramian) / self.world_size
 
 
 class Balancer(nn.Module):
@@ -40,6 +57,10 @@ class Balancer(nn.Module):
     Args:
         tasks: task names (passed in by the recipe).
     """
+
+    #: True when :meth:`backward` writes ``.grad`` itself instead of through autograd, so that
+    #: DistributedDataParallel's hooks miss it; the recipe then averages gradients across processes.
+    writes_grads_directly: bool = False
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()
@@ -108,9 +129,13 @@ def representation_gramian(losses: list[Tensor], shared: Tensor, scale: Tensor |
 
 
 def task_gramian(losses: list[Tensor], ctx: BalanceContext) -> Tensor:
-    """The ``(T, T)`` Gramian of the task gradients w.r.t. ``ctx.shared`` (float32, unscaled)."""
+    """The ``(T, T)`` Gramian of the task gradients w.r.t. ``ctx.shared`` (float32, unscaled).
+
+    Under data parallelism it is the Gramian of the whole global batch (:meth:`BalanceContext.reduce_gramian`).
+    """
     scale = loss_scale(ctx, ctx.shared.device)
-    return representation_gramian([ctx.scaler.scale(loss) for loss in losses], ctx.shared, scale)[1]
+    return ctx.reduce_gramian(representation_gramian([ctx.scaler.scale(loss) for loss in losses], ctx.shared,
+                                                     scale)[1])
 
 
 def cosine_scalars(gramian: Tensor, tasks: list[str]) -> dict[str, float]:

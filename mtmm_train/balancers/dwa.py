@@ -51,7 +51,7 @@ class DynamicWeightAverage(Balancer):
         weights = len(self.tasks) * torch.softmax(ratio / self.temperature, 0)
         loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
         active = self.active_mask(ctx)
-        self.window_sum += active * loss.detach()
+        self.window_sum += active * ctx.reduce(loss.detach())
         self.window_count += active
         ctx.scaler.scale((weights * loss).sum()).backward()
         return dict(zip(self.tasks, weights.unbind(), strict=True))

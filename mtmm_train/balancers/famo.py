@@ -45,7 +45,7 @@ class FAMO(Balancer):
     def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
         active = self.active_mask(ctx)
         loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
-        gap = (loss.detach() - self.min_loss).clamp_min(1e-8)
+        gap = (ctx.reduce(loss.detach()) - self.min_loss).clamp_min(1e-8)
         self._update_logits(gap.log(), active)
         z = torch.softmax(self.logits, 0)
         share = active * z / gap

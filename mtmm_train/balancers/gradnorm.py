@@ -45,7 +45,7 @@ class GradNorm(Balancer):
         # Norms of the (unweighted) per-task gradients w.r.t. the shared representation.
         norms = task_gramian([losses[t] for t in self.tasks], ctx).diagonal().clamp_min(0).sqrt()  # (T,)
         ctx.scaler.scale((weights * loss).sum()).backward()
-        self._update(loss.detach(), norms, active)
+        self._update(ctx.reduce(loss.detach()), norms, active)
         return dict(zip(self.tasks, weights.unbind(), strict=True))
 
     @torch.no_grad()

@@ -58,13 +58,8 @@ class _EpochBatches:
         self.order, self.epoch, self.start = order, 0, 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        order = self.order.order(self.epoch).numpy()
-        size = self.order.batch_size
-        for i in range(self.start, len(self.order)):
-            index = order[i * size:(i + 1) * size]
-            if len(index) == 0:
-                break
-            yield index
+        for index in self.order.indices(self.epoch, self.start):
+            yield index.numpy()
 
     def __len__(self) -> int:
         return max(0, len(self.order) - self.start)
@@ -79,6 +74,8 @@ class StreamingLoader:
         shuffle: draw a new permutation each epoch.
         drop_last: drop the last incomplete batch.
         seed: base seed of the permutations.
+        rank: this process's rank under data parallelism (see :class:`InMemoryLoader`).
+        world_size: the number of data-parallel processes.
         device: where batches go (copied without blocking from pinned memory on CUDA).
         num_workers: worker processes that gather batches (0: in this process).
         pin_memory: page-lock batches so the copy to a CUDA device overlaps compute.
@@ -87,14 +84,15 @@ class StreamingLoader:
     """
 
     def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 2, pin_memory: bool = True,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 num_workers: int = 2, pin_memory: bool = True,
                  prefetch_factor: int = 2, persistent_workers: bool = True) -> None:
         check(isinstance(num_workers, int) and num_workers >= 0,
               f"loader.num_workers must be an integer >= 0, found {num_workers!r}")
         check(prefetch_factor >= 1, f"loader.prefetch_factor must be >= 1, found {prefetch_factor}")
         self.device = torch.device(device)
         # The permutations come from InMemoryLoader on the host, so both loaders see one order.
-        self.index = InMemoryLoader(split.to("cpu"), batch_size, shuffle, drop_last, seed)
+        self.index = InMemoryLoader(split.to("cpu"), batch_size, shuffle, drop_last, seed, rank, world_size)
         self.batch_size = batch_size
         self.sampler = _EpochBatches(self.index)
         self.pin = pin_memory and self.device.type == "cuda"

@@ -22,21 +22,28 @@ class InMemoryLoader:
         shuffle: draw a new permutation each epoch.
         drop_last: drop the last incomplete batch (training).
         seed: base seed of the permutations.
+        rank: this process's rank under data parallelism (see below).
+        world_size: the number of processes. Training (``drop_last``): each batch of
+            ``batch_size * world_size`` samples of the one-process order is split in contiguous
+            parts, part ``rank`` here, so N processes together see the batches one process with
+            N times the batch would see. Evaluation: every ``world_size``-th sample from ``rank``
+            on, so every rank gets a share (within one sample) of every split.
     """
 
     def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0) -> None:
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
         self.num_samples = len(split)
 
     def __len__(self) -> int:
         if self.drop_last:
-            return max(1, self.num_samples // self.batch_size)
-        return -(-self.num_samples // self.batch_size)
+            return max(1, self.num_samples // (self.batch_size * self.world_size))
+        return -(-len(range(self.rank, self.num_samples, self.world_size)) // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The sample order of ``epoch`` (on the split's device)."""
@@ -46,13 +53,21 @@ class InMemoryLoader:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(self.num_samples, generator=gen).to(device)
 
+    def indices(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """The sample indices of this rank's batches of ``epoch``, from batch ``start`` on."""
+        order = self.order(epoch)
+        size = self.batch_size
+        if not self.drop_last:
+            order = order[self.rank::self.world_size]
+        for i in range(start, len(self)):
+            first = (i * self.world_size + self.rank) * size if self.drop_last else i * size
+            index = order[first:first + size]
+            if len(index) > 0:
+                yield index
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Iterate the batches of ``epoch``, skipping the first ``start`` (resume)."""
-        order = self.order(epoch)
-        for i in range(start, len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if len(index) == 0:
-                break
+        for index in self.indices(epoch, start):
             yield self.split.batch(index)
 
     def __iter__(self) -> Iterator[Batch]:

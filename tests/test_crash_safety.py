@@ -1,0 +1,86 @@
+"""kill -9 at a dozen points (some mid-checkpoint-write); each run resumed ends exactly as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtmm_train import checkpoint
+
+# 16 steps an epoch, 2 epochs; last.pt every 5 steps and at each epoch's end (after best.pt).
+# Checkpoint writes, in order: 1 last@5, 2 last@10, 3 last@15, 4 best@16, 5 last@16, 6 last@20,
+# 7 last@25, 8 last@30, then best@32 if epoch 2 is better, and last@32.
+OVERRIDES = [
+    "dataset.num_train=512",
+    "dataset.num_val=128",
+    "dataset.num_test=64",
+    "trainer.batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.checkpoint_every_n_steps=5",
+    "trainer.deterministic=true",
+    "logger.progress_bar=false",
+    "logger.log_every_n_steps=3",
+]
+POINTS = [
+    "step:3",      # before the first checkpoint: the resumed run starts afresh
+    "step:7",      # between two mid-epoch checkpoints
+    "step:16",     # the epoch's last step, before its evaluation
+    "step:29",     # in the second epoch
+    "write:1",     # the first checkpoint torn halfway: no last.pt at all
+    "write:4",     # best.pt torn halfway
+    "write:5",     # last.pt torn halfway at the end of epoch 1
+    "rename:2",    # written and fsynced, not yet renamed
+    "rename:8",
+    "renamed:5",   # renamed, the folder not yet fsynced
+    "eval:2",      # during the last evaluation
+    "finish:1",    # after the last checkpoint, before metrics.json
+]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(path)["model"]
+
+
+def train_steps(run: Path) -> list[int]:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [e.step for e in events.Scalars("train/loss/total")]
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path: Path, one_thread: None) -> None:
+    reference = tmp_path / "reference"
+    train(reference, OVERRIDES, tiny=False)
+    expected = json.loads((reference / "metrics.json").read_text())
+
+    crashed = tmp_path / "crashed"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(crashed), *POINTS, "--",
+                           *OVERRIDES], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ends = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("fault-point ")]
+    assert ends == [[p, "killed"] for p in POINTS], done.stderr[-3000:]
+
+    for point in POINTS:
+        run = crashed / point.replace(":", "-")
+        assert not (run / "metrics.json").exists(), point
+        last = run / "checkpoints" / "last.pt"
+        if last.exists():
+            checkpoint.load(last)  # never torn: the old file or the new one
+        train(run, [*OVERRIDES, "trainer.resume=auto"], tiny=False)
+
+        result = json.loads((run / "metrics.json").read_text())
+        for key in ("best", "final", "epochs", "steps"):
+            assert result[key] == expected[key], f"{point}: {key}"
+        for name in ("best.pt", "last.pt"):
+            got, want = weights(run / "checkpoints" / name), weights(reference / "checkpoints" / name)
+            assert all(torch.equal(got[k], want[k]) for k in want), f"{point}: {name}"
+        assert not list((run / "checkpoints").glob(".*.tmp")), point  # a killed write's leftovers are gone
+        assert train_steps(run) == train_steps(reference), point  # no step lost or logged twice
