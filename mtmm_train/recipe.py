@@ -261,13 +261,19 @@ class TrainRecipe:
 
     @contextlib.contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM/SIGINT (preemption, SLURM's time limit, Ctrl-C) end the current step, write
-        ``last.pt`` and raise :class:`Preempted`; a second signal acts as usual (forced stop)."""
+        """SIGTERM/SIGINT/SIGUSR2 (preemption, SLURM's time limit, Ctrl-C) end the current step,
+        write ``last.pt`` and raise :class:`Preempted`; a second signal acts as usual (forced stop).
+
+        A handler that was there before for the signal (submitit's, which requeues the job on
+        SIGUSR2) is called after ``last.pt`` is written, instead of raising.
+        """
         self.stop_signal: int | None = None
+        self.previous_handlers: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be installed from the main thread
             return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
+        previous = self.previous_handlers = {sig: signal.getsignal(sig) for sig in signals}
 
         def request_stop(signum: int, frame: object) -> None:
             self.stop_signal = signum
@@ -293,7 +299,11 @@ class TrainRecipe:
         distributed.barrier()
         bar.close()
         self.tb.close()
-        name = signal.Signals(self.stop_signal or signal.SIGTERM).name
+        signum = self.stop_signal or signal.SIGTERM
+        handler = self.previous_handlers.get(signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signum, None)  # e.g. submitit: requeue the job (it continues from last.pt), exit
+        name = signal.Signals(signum).name
         raise Preempted(f"stopped by {name} at step {self.step} (epoch {self.epoch + 1}); wrote "
                         f"{self.ckpt_dir / 'last.pt'}; continue with trainer.resume=auto in the same run folder")
 

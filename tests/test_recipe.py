@@ -169,6 +169,35 @@ def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_result(tmp_path:
     assert steps == list(range(1, 10))  # TensorBoard continues without duplicated steps
 
 
+def test_sigusr2_with_a_requeue_handler_writes_last_pt_then_calls_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # submitit installs a SIGUSR2 handler that requeues the job and exits; it must run only after
+    # last.pt holds the step the signal interrupted.
+    calls = []
+
+    def requeue(signum: int, frame: object) -> None:
+        state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+        calls.append((signum, state["step"]))
+        raise SystemExit(0)
+
+    original_step = TrainRecipe.optimizer_step
+
+    def step_then_signal(self: TrainRecipe) -> None:
+        original_step(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    monkeypatch.setattr(TrainRecipe, "optimizer_step", step_then_signal)
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(SystemExit):
+            train(tmp_path, ["trainer.max_epochs=3"])
+        assert calls == [(signal.SIGUSR2, 2)]
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def test_sigterm_from_outside_exits_with_the_preempted_status(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "mtmm_train", f"hydra.run.dir={run}", *TINY, "trainer.max_epochs=1000"]
