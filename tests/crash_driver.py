@@ -12,7 +12,8 @@ and sends itself SIGKILL at the n-th occurrence of ``<where>``:
 * ``eval``: at the start of the n-th evaluation.
 * ``finish``: at the start of the end-of-run writes (metrics.json, hparams).
 
-It prints one line per point, ``fault-point <point> <ended>``: how the child ended (``killed`` or its exit code).
+It appends one line per point to ``ROOT/fault-points.txt``: the point and how the child ended
+(``killed`` or its exit code).
 Forking after the imports saves a Python start per point.
 """
 
@@ -91,6 +92,7 @@ def arm(where: str, n: int) -> None:
 def main() -> None:
     split = sys.argv.index("--")
     root, points, overrides = Path(sys.argv[1]), sys.argv[2:split], sys.argv[split + 1:]
+    root.mkdir(parents=True, exist_ok=True)
     for point in points:
         where, n = point.split(":")
         pid = os.fork()
@@ -110,7 +112,8 @@ def main() -> None:
         _, status = os.waitpid(pid, 0)
         ended = "killed" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL \
             else f"exit {os.waitstatus_to_exitcode(status)}"
-        print("fault-point", point, ended, flush=True)
+        with open(root / "fault-points.txt", "a") as f:  # not stdout: the children's logs go there
+            f.write(f"{point} {ended}\n")
 
 
 if __name__ == "__main__":

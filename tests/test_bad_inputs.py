@@ -337,6 +337,10 @@ CASES = [
          r"\[16, -4\]", ["model.encoders.image.channels=[16,-4]"]),
     Case("negative_fusion_size", "config", r"fusion\.dim must be a size >= 1, found -3",
          ["fusion=sum", "fusion.dim=-3"]),
+    Case("negative_trunk_size", "config", r"mtl\.hidden_dims must be sizes >= 1, found \[-5\]",
+         ["mtl.hidden_dims=[-5]"]),
+    Case("zero_expert_size", "config", r"mtl\.expert_dims must be sizes >= 1, found \[64, 0\]",
+         ["mtl=mmoe", "mtl.expert_dims=[64,0]"]),
     Case("tensor_fusion_over_its_limit", "config", r"fusion=tensor would have 17,850,625 features .*above "
          r"fusion\.max_features=100,000; set fusion\.dim=16", ["fusion=tensor", "fusion.dim=null"], cli=True),
     Case("heads_do_not_divide", "config", r"fusion\.num_heads must divide the fused size 64, found num_heads=3; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.encoders.base import mlp
+from mtmm_train.encoders.base import check_sizes, mlp
 from mtmm_train.errors import UserError
 from mtmm_train.mtl.base import MTLArchitecture
 
@@ -33,6 +33,7 @@ class CrossStitch(MTLArchitecture):
         super().__init__(in_dim, tasks)
         if not hidden_dims:
             raise UserError("mtl.hidden_dims is empty; give the columns at least one layer, e.g. mtl.hidden_dims=[128]")
+        check_sizes("mtl", hidden_dims=list(hidden_dims))
         if not isinstance(self_weight, (int, float)) or not 0 < self_weight <= 1:
             raise UserError(f"mtl.self_weight should be in (0, 1]. Found self_weight = {self_weight!r}")
         T, dims = len(self.tasks), [in_dim, *hidden_dims]

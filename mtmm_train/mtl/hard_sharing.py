@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtmm_train.encoders.base import mlp
+from mtmm_train.encoders.base import check_sizes, mlp
 from mtmm_train.mtl.base import MTLArchitecture
 
 
@@ -21,6 +21,7 @@ class HardSharing(MTLArchitecture):
     def __init__(self, in_dim: int, tasks: list[str], hidden_dims: tuple[int, ...] = (128,),
                  dropout: float = 0.0) -> None:
         super().__init__(in_dim, tasks)
+        check_sizes("mtl", hidden_dims=list(hidden_dims))
         self.trunk = mlp([in_dim, *hidden_dims], dropout)
         self.out_dim = hidden_dims[-1] if hidden_dims else in_dim
 

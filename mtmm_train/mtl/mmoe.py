@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.encoders.base import mlp
+from mtmm_train.encoders.base import check_sizes, mlp
 from mtmm_train.errors import UserError
 from mtmm_train.mtl.base import MTLArchitecture
 
@@ -34,6 +34,7 @@ class MMoE(MTLArchitecture):
             raise UserError(f"mtl.num_experts should be a positive integer. Found num_experts = {num_experts!r}")
         if not expert_dims:
             raise UserError("mtl.expert_dims is empty; give the experts at least one layer, e.g. mtl.expert_dims=[128]")
+        check_sizes("mtl", expert_dims=list(expert_dims))
         self.num_experts = num_experts
         self.out_dim = expert_dims[-1]
         self.experts = nn.ModuleList(mlp([in_dim, *expert_dims], dropout) for _ in range(num_experts))

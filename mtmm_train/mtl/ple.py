@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.encoders.base import mlp
+from mtmm_train.encoders.base import check_sizes, mlp
 from mtmm_train.errors import UserError
 from mtmm_train.mtl.base import MTLArchitecture
 
@@ -88,6 +88,7 @@ class PLE(MTLArchitecture):
             raise UserError("mtl.num_task_experts and mtl.num_shared_experts are both 0; give at least one expert")
         if not expert_dims:
             raise UserError("mtl.expert_dims is empty; give the experts at least one layer, e.g. mtl.expert_dims=[128]")
+        check_sizes("mtl", expert_dims=list(expert_dims))
         self.out_dim = expert_dims[-1]
         dims = [in_dim] + [self.out_dim] * (num_levels - 1)
         self.levels = nn.ModuleList(
