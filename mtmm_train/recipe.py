@@ -539,6 +539,7 @@ class TrainRecipe:
             "skipped_steps": self.skipped_steps,
             "metrics": self.last_metrics,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "world_size": self.dist.world_size,
         }
 
     def save(self, name: str) -> None:
@@ -562,6 +563,11 @@ class TrainRecipe:
             log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
             return None
         state = checkpoint.load(path)
+        check_same_components(state["config"], OmegaConf.to_container(self.cfg, resolve=True), path)
+        if state.get("world_size", 1) != self.dist.world_size and int(state["batch_in_epoch"]):
+            log.warning("%s was written by %d process(es), this run has %d: the global batch differs, so the "
+                        "rest of epoch %d sees other batches than an uninterrupted run would", path,
+                        state.get("world_size", 1), self.dist.world_size, int(state["epoch"]) + 1)
         try:  # any of these refuses a checkpoint of another config (model, balancer, optimizer, precision)
             self.model.load_state_dict(state["model"])
             self.balancer.load_state_dict(state["balancer"])
@@ -639,6 +645,29 @@ def hparams_of(cfg: DictConfig, t: TrainerConfig) -> dict[str, Any]:
     for key in ("fusion", "mtl", "balancer", "optimizer", "scheduler"):
         h[key] = str(cfg[key].get("_target_", "")).rsplit(".", 1)[-1]
     return h
+
+
+def check_same_components(stored: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with other components (``_target_``) than the checkpoint was trained with.
+
+    Loading state dicts catches most changes of the model, but not all: ``fusion=sum`` and
+    ``fusion=max`` hold no parameters, and an SGD optimizer would take AdamW's state silently.
+    Settings (learning rate, epochs, batch size) may change on resume; components may not.
+    """
+    def targets(node: Any, key: str = "") -> dict[str, str]:
+        if not isinstance(node, dict):
+            return {}
+        out = {key or "(root)": str(node["_target_"])} if "_target_" in node else {}
+        for k, v in node.items():
+            out.update(targets(v, f"{key}.{k}" if key else str(k)))
+        return out
+
+    before, now = targets(stored), targets(current)
+    for key in sorted(before.keys() & now.keys()):
+        if before[key] != now[key]:
+            raise UserError(f"checkpoint '{path}' was trained with {key}._target_={before[key]}, but this run has "
+                            f"{now[key]}; resume with the components it was trained with (settings such as "
+                            "optimizer.lr may change), or start a new run")
 
 
 def _int(cfg: DictConfig, key: str) -> int:

@@ -411,7 +411,13 @@ CASES = [
     Case("truncated_last_pt_resume_auto", "checkpoint", r"checkpoint '.*run/checkpoints/last\.pt' cannot be loaded "
          r"safely .*; it is truncated", prepare=truncated_in_run, cli=True),
     Case("checkpoint_of_another_model", "checkpoint", r"checkpoint '.*last\.pt' was written for another model config "
-         r"\(.*size mismatch for mtl\.trunk\.0\.weight", prepare=resume_good_with("fusion=sum")),
+         r"\(.*size mismatch for mtl\.trunk\.0\.weight", prepare=resume_good_with("mtl.hidden_dims=[64]")),
+    Case("checkpoint_of_another_fusion", "checkpoint", r"checkpoint '.*last\.pt' was trained with fusion\._target_="
+         r"mtmm_train\.fusion\.concat\.ConcatFusion, but this run has mtmm_train\.fusion\.sum\.SumFusion",
+         prepare=resume_good_with("fusion=sum")),
+    Case("checkpoint_of_another_optimizer", "checkpoint", r"checkpoint '.*last\.pt' was trained with "
+         r"optimizer\._target_=torch\.optim\.AdamW, but this run has torch\.optim\.SGD",
+         prepare=resume_good_with("optimizer=sgd")),
     Case("checkpoint_of_another_precision", "checkpoint", r"checkpoint '.*last\.pt' was written for another model "
          r"config \(.*GradScaler", prepare=resume_good_with("trainer.precision=fp16")),
     Case("pickle_that_carries_code", "checkpoint", r"checkpoint '.*evil/checkpoints/last\.pt' cannot be loaded safely",
