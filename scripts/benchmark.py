@@ -4,6 +4,7 @@ loop over the same model, data and optimizer, alternating in one process (machin
     python scripts/benchmark.py                                  # CPU: default + a larger config
     python scripts/benchmark.py --configs reference_small reference_large --modes fp32 tf32 bf16 bf16+compile
     python scripts/benchmark.py --suite fusion balancers     # the fusion and balancer cost tables
+    python scripts/benchmark.py --suite ablations --configs reference_small --modes bf16   # each technique off/on
 
 Each config is a list of overrides (named presets below, or ``--override``). The recipe side runs
 exactly what the training loop runs per step (``TrainRecipe.micro_step`` and ``optimizer_step``);
@@ -42,9 +43,6 @@ PRESETS = {
               "mtl.hidden_dims=[512,256]", "trainer.batch_size=256", "dataset.image_size=32"],
     "reference_small": ["experiment=reference_small"],
     "reference_large": ["experiment=reference_large"],
-    # The same with channels-last convolutions in the image CNN (before/after comparison).
-    "reference_small_cl": ["experiment=reference_small", "model.encoders.image.channels_last=true"],
-    "reference_large_cl": ["experiment=reference_large", "model.encoders.image.channels_last=true"],
 }
 MODES = {
     "fp32": ["trainer.precision=32", "trainer.float32_matmul_precision=highest"],
@@ -194,10 +192,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="lengthen rounds to at least this many seconds (more steps for fast configs)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtmm-benchmark"), help="scratch folder of the runs")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--suite", nargs="+", default=["recipe"], choices=["recipe", "fusion", "balancers"],
+    parser.add_argument("--suite", nargs="+", default=["recipe"],
+                        choices=["recipe", "fusion", "balancers", "ablations"],
                         help="recipe: recipe vs hand loop; fusion: parameters, step time and memory per fusion at "
                              "2/3/4 modalities (scripts/bench_fusion.py); balancers: step time vs static weights "
-                             "for 2/4/8 tasks in both Jacobian spaces (scripts/bench_balancers.py)")
+                             "for 2/4/8 tasks in both Jacobian spaces (scripts/bench_balancers.py); ablations: each "
+                             "speed technique off and on (scripts/bench_ablations.py)")
+    parser.add_argument("--techniques", nargs="+", default=None,
+                        help="ablations to run: host_sync, fused_adamw, channels_last, compile (default: all)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if "fusion" in args.suite:
@@ -208,6 +210,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         import bench_balancers
 
         bench_balancers.print_table(bench_balancers.balancer_table("cuda" if cuda else "cpu"))
+    if "ablations" in args.suite:
+        import bench_ablations
+
+        rows = []
+        for technique in args.techniques or list(bench_ablations.TECHNIQUES):
+            for name in args.configs:
+                for mode in args.modes or ["fp32"]:
+                    try:
+                        row = bench_ablations.ablate(technique, name, mode, args.rounds, args.steps, args.warmup,
+                                                     args.out, args.round_seconds, args.override)
+                    except Exception as e:  # record and go on
+                        row = {"technique": technique, "config": name, "mode": mode, "error": repr(e)[:500]}
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+        print()
+        bench_ablations.print_table(rows)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"ablations": rows}, indent=1))
     if "recipe" not in args.suite:
         return []
     modes = args.modes or (list(MODES) if cuda else ["fp32"])

@@ -31,7 +31,8 @@ echo "== benchmark: recipe vs hand loop on the reference models"
 python3 scripts/benchmark.py --configs reference_small reference_large --modes ${MODES:-fp32 tf32 bf16 bf16+compile} \
   --rounds ${ROUNDS:-5} --steps ${STEPS:-10} --round-seconds ${ROUND_SECONDS:-0.6} --warmup 3 --out /tmp/bench_runs \
   --json "$OUT/benchmark.json" 2>&1 | tee "$OUT/benchmark.txt" | grep -v '^{'
-echo "== channels-last image CNN (bf16, bf16+compile)"
-python3 scripts/benchmark.py --configs reference_small_cl reference_large_cl --modes bf16 bf16+compile \
+echo "== each speed technique off and on (host_sync, fused_adamw, channels_last, compile)"
+python3 scripts/benchmark.py --suite ablations --configs ${ABLATE_CONFIGS:-reference_large} --modes bf16 \
+  --techniques ${TECHNIQUES:-host_sync fused_adamw channels_last compile} \
   --rounds ${ROUNDS:-5} --steps ${STEPS:-10} --round-seconds ${ROUND_SECONDS:-0.6} --warmup 3 --out /tmp/bench_runs \
-  --json "$OUT/benchmark_channels_last.json" 2>&1 | tee "$OUT/benchmark_channels_last.txt" | grep -v '^{' 
+  --json "$OUT/ablations.json" 2>&1 | tee "$OUT/ablations.txt" | grep -v '^{' 

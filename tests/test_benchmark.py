@@ -22,3 +22,17 @@ def test_benchmark_prints_ratio_for_each_config(tmp_path: Path) -> None:
         assert r["recipe_samples_s"] > 0 and r["hand_samples_s"] > 0 and math.isfinite(r["ratio"])
         assert r["gflop_per_step"] > 0
     assert "ratio" in proc.stdout.splitlines()[-4]
+
+
+def test_ablations_measure_each_technique_off_and_on(tmp_path: Path) -> None:
+    out = tmp_path / "ablations.json"
+    small = ["dataset.num_train=256", "dataset.num_val=64", "dataset.num_test=64", "trainer.batch_size=32"]
+    proc = run_cli([str(ROOT / "scripts" / "benchmark.py"), "--suite", "ablations", "--configs", "default",
+                    "--techniques", "host_sync", "channels_last", "--rounds", "2", "--steps", "2", "--warmup", "1",
+                    "--out", str(tmp_path), "--json", str(out), "--override", *small], cwd=tmp_path, module="")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["ablations"]
+    assert [r["technique"] for r in rows] == ["host_sync", "channels_last"]
+    for r in rows:
+        assert r["off_samples_s"] > 0 and r["on_samples_s"] > 0 and math.isfinite(r["speedup"])
+    assert "speed-up" in proc.stdout
