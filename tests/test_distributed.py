@@ -75,8 +75,7 @@ def test_two_processes_match_one_process_with_the_global_batch(balancer: list[st
 
 
 @pytest.mark.slow
-def test_sigterm_to_torchrun_checkpoints_every_rank_at_one_step_and_resume_is_exact(tmp_path: Path,
-                                                                                    one_thread: None) -> None:
+def test_sigterm_to_torchrun_checkpoints_every_rank_at_one_step_and_resume_is_exact(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [*SMALL, "dataset.num_train=4096", "trainer.max_epochs=3", "trainer.batch_size=32",
             f"hydra.run.dir={run}"]
@@ -97,9 +96,12 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_at_one_step_and_resume_is_ex
 
     done = run_cli([*TORCHRUN, *args, "trainer.resume=auto"], cwd=tmp_path, module="", env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = train(tmp_path / "one", [*SMALL, "dataset.num_train=4096", "trainer.max_epochs=3",
-                                   "trainer.batch_size=64"], tiny=False)
-    assert_same_metrics(final_metrics(run), one.last_metrics)
+    # Exactly the uninterrupted two-process run (against one process the runs agree only to float
+    # rounding, which 384 steps amplify to about 1e-4 in some metrics).
+    whole = tmp_path / "whole"
+    done = run_cli([*TORCHRUN, *args[:-1], f"hydra.run.dir={whole}"], cwd=tmp_path, module="", env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert final_metrics(run) == final_metrics(whole)
 
 
 def test_ranks_split_each_training_batch_of_one_process_and_share_evaluation(one_thread: None) -> None:
