@@ -17,6 +17,7 @@ from mtmm_train.errors import UserError
 
 PRECISIONS = ("32", "bf16", "fp16")
 NONFINITE_POLICIES = ("warn", "skip", "stop")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TYPE_EXAMPLES = {"int": "8", "int | None": "8 (or null)", "bool": "true", "float | None": "1.0 (or null)",
                  "str": "'...'", "str | None": "'...' (or null)"}
 
@@ -34,6 +35,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = MISSING
     gradient_clip_norm: float | None = MISSING
     compile: bool = MISSING
+    compile_mode: str = MISSING
     deterministic: bool = MISSING
     sync_batchnorm: bool = MISSING
     nonfinite: str = MISSING
@@ -98,6 +100,8 @@ def check_trainer(t: TrainerConfig) -> None:
     if t.float32_matmul_precision not in ("highest", "high", "medium"):
         problems.append("trainer.float32_matmul_precision must be highest, high or medium, found "
                         f"'{t.float32_matmul_precision}'")
+    if t.compile_mode not in COMPILE_MODES:
+        problems.append(f"trainer.compile_mode must be one of {', '.join(COMPILE_MODES)}, found '{t.compile_mode}'")
     if t.nonfinite not in NONFINITE_POLICIES:
         problems.append(f"trainer.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, found '{t.nonfinite}'")
     if t.monitor_mode not in ("min", "max"):

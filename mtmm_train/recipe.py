@@ -186,7 +186,8 @@ class TrainRecipe:
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
                                            gradient_as_bucket_view=True) if self.dist.distributed else None
         forward = self.ddp or self.model
-        self.forward_model = torch.compile(forward) if t.compile else forward
+        mode = None if t.compile_mode == "default" else t.compile_mode  # reduce-overhead: CUDA graphs
+        self.forward_model = torch.compile(forward, mode=mode) if t.compile else forward
 
         # Optimization. Under torchrun, trainer.batch_size is per process; each global batch is
         # the one-process batch of batch_size * world_size samples, split between the ranks.

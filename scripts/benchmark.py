@@ -49,6 +49,9 @@ MODES = {
     "tf32": ["trainer.precision=32", "trainer.float32_matmul_precision=high"],
     "bf16": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high"],
     "bf16+compile": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true"],
+    # CUDA graphs through torch.compile(mode="reduce-overhead"): launches replayed, not dispatched.
+    "bf16+cudagraphs": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true",
+                        "trainer.compile_mode=reduce-overhead"],
 }
 
 

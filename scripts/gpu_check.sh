@@ -28,7 +28,7 @@ echo "exit $? in $((SECONDS - start)) s" | tee -a "$OUT/default_bf16.log"
 tail -7 "$OUT/default_bf16.log"
 
 echo "== benchmark: recipe vs hand loop on the reference models"
-python3 scripts/benchmark.py --configs reference_small reference_large --modes ${MODES:-fp32 tf32 bf16 bf16+compile} \
+python3 scripts/benchmark.py --configs reference_small reference_large --modes ${MODES:-fp32 tf32 bf16 bf16+compile bf16+cudagraphs} \
   --rounds ${ROUNDS:-5} --steps ${STEPS:-10} --round-seconds ${ROUND_SECONDS:-0.6} --warmup 3 --out /tmp/bench_runs \
   --json "$OUT/benchmark.json" 2>&1 | tee "$OUT/benchmark.txt" | grep -v '^{'
 echo "== each speed technique off and on (host_sync, fused_adamw, channels_last, compile)"

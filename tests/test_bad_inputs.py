@@ -324,6 +324,8 @@ CASES = [
     Case("zero_epochs", "config", r"trainer\.max_epochs must be >= 1, found 0", ["trainer.max_epochs=0"]),
     Case("bad_precision", "config", r"trainer\.precision must be one of 32, bf16, fp16, found 'fp8'",
          ["trainer.precision=fp8"]),
+    Case("bad_compile_mode", "config", r"trainer\.compile_mode must be one of default, reduce-overhead, "
+         r"max-autotune, max-autotune-no-cudagraphs, found 'fast'", ["trainer.compile_mode=fast"]),
     Case("bad_device", "config", r"trainer\.device 'tpu:x' is not a device; use auto, cpu", ["trainer.device=tpu:x"]),
     Case("bad_nonfinite_policy", "config", r"trainer\.nonfinite must be one of warn, skip, stop, found 'maybe'",
          ["trainer.nonfinite=maybe"]),

@@ -35,6 +35,13 @@ def test_compiled_training_on_cuda(tmp_path: Path) -> None:
     assert math.isfinite(recipe.best["value"])
 
 
+def test_cuda_graphs_training_on_cuda(tmp_path: Path) -> None:
+    # trainer.compile_mode=reduce-overhead: torch.compile records the model's kernels as CUDA graphs.
+    recipe = train(tmp_path, ["trainer.device=cuda", "trainer.precision=bf16", "trainer.compile=true",
+                              "trainer.compile_mode=reduce-overhead", "trainer.max_epochs=2"])
+    assert recipe.step == 6 and math.isfinite(recipe.best["value"])
+
+
 def test_checkpoint_written_on_gpu_resumes_on_cpu(tmp_path: Path) -> None:
     gpu = train(tmp_path, ["trainer.device=cuda", "trainer.max_epochs=1"])
     assert gpu.step == 3

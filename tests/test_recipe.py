@@ -130,8 +130,10 @@ def test_monitor_mode_max_tracks_the_largest_value(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compile(tmp_path: Path) -> None:
-    recipe = train(tmp_path, ["trainer.compile=true", "modalities=[tabular]", "tasks=[score]"])
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile(mode: str, tmp_path: Path) -> None:
+    recipe = train(tmp_path, ["trainer.compile=true", f"trainer.compile_mode={mode}", "modalities=[tabular]",
+                              "tasks=[score]"])
     assert recipe.forward_model is not recipe.model
     assert math.isfinite(recipe.best["value"])
 
