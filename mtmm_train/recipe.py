@@ -73,7 +73,8 @@ def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, 
         world = distributed.info().world_size
         share = local * world / totals.clamp_min(1)
         losses = {t: losses[t] * share[i] for i, t in enumerate(tasks)}
-        ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled, totals), scaler, step, amp,
+        counts = LabeledCounts(batch.labeled, dict(zip(tasks, totals.unbind(), strict=True)))
+        ctx = BalanceContext(shared, shared_params, counts, scaler, step, amp,
                              reduce=distributed.mean, world_size=world)
     else:
         ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled), scaler, step, amp)
@@ -95,13 +96,12 @@ class LabeledCounts(Mapping):
 
     Args:
         labeled: task -> ``(B,)`` bool mask of labelled samples.
-        totals: the counts already known, ``(T,)`` in the order of ``labeled`` (data parallel:
-            the sums over all processes).
+        totals: task -> its count, where already known (data parallel: the sums over all processes).
     """
 
-    def __init__(self, labeled: dict[str, Tensor], totals: Tensor | None = None) -> None:
+    def __init__(self, labeled: dict[str, Tensor], totals: dict[str, Tensor] | None = None) -> None:
         self.labeled = labeled
-        self.cache: dict[str, Tensor] = {} if totals is None else dict(zip(labeled, totals.unbind(), strict=True))
+        self.cache: dict[str, Tensor] = dict(totals or {})
 
     def __getitem__(self, task: str) -> Tensor:
         if task not in self.cache:
