@@ -22,9 +22,18 @@ EXIT_PREEMPTED = 3  # stopped by SIGTERM/SIGINT with a checkpoint: requeue with 
 def run(cfg: DictConfig) -> float:
     """Train as ``cfg`` says; return the best value of the monitored metric."""
     output_dir = HydraConfig.get().runtime.output_dir
+    if distributed.info().rank > 0:
+        quiet_console()
     recipe = TrainRecipe(cfg, output_dir)
     recipe.setup()
     return recipe.train()
+
+
+def quiet_console() -> None:
+    """Warnings only on the console (ranks other than 0 under torchrun); log files keep everything."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # Hydra's console handler, not its FileHandler
+            handler.setLevel(logging.WARNING)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtmm_train.configs", config_name="train")
