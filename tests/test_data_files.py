@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import wave
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,14 @@ def test_cache_is_reused_and_invalidated_by_manifest_or_config(tmp_path: Path, m
     # A changed manifest or a changed preprocessing setting must decode again (and fail here).
     with pytest.raises(UserError, match="decoded although cached"):
         load(manifest, **{**kw, "modalities": {**modalities(), "image": node("reader/image", size=[4, 4])}})
+    # So must an image the manifest names, edited in place (a new modification time).
+    image = tmp_path / rows[2]["image"]
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(UserError, match="decoded although cached"):
+        load(manifest, **kw)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # back as it was: the entry is found again
+    load(manifest, **kw)
     rows[1]["y"] = 99.0
     write_manifest(tmp_path, rows)
     with pytest.raises(UserError, match="decoded although cached"):

@@ -2,8 +2,8 @@
 
 Decoding thousands of images or audio clips takes minutes; loading the tensors back takes a
 fraction of a second. The key hashes the manifest's bytes together with every setting that
-changes the tensors (readers, splits, seed), so editing either builds a new entry. Files the
-manifest points to are not hashed: after editing an image in place, delete the cache folder.
+changes the tensors (readers, splits, seed) and the path, size and modification time of every
+file the manifest names, so editing any of them builds a new entry.
 """
 
 from __future__ import annotations

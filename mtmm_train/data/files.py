@@ -9,6 +9,7 @@ cached on disk (see :mod:`mtmm_train.data.cache`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,16 +77,19 @@ def files(manifest: str | None, modalities: dict[str, Any], tasks: dict[str, Any
     mod_readers = build_readers(modalities, "modalities", ModalityReader)
     task_readers = build_readers(tasks, "tasks", TargetReader)
 
+    table = read_manifest(path, format)
     settings = {"format": format, "modalities": modalities, "tasks": tasks, "split_column": split_column,
                 "split_ratios": list(split_ratios), "seed": seed, "unseen_classes": unseen_classes}
+    if cache:  # the files the manifest names count too: an image edited in place builds a new entry
+        settings["files"] = media_digest(table, path.parent, {**mod_readers, **task_readers})
     entry = Path(cache_dir).expanduser() / "files" / f"{path.stem}-{cache_key(file_digest(path), settings)}.pt"
     if cache:
         data = load_cached(entry, mmap=mmap)
         if data is not None:
             log.info("dataset: loaded %s from the cache %s", path.name, entry)
             return data
-    data = from_table(read_manifest(path, format), path.parent, mod_readers, task_readers, split_column,
-                      list(split_ratios), seed, unseen_classes, num_workers)
+    data = from_table(table, path.parent, mod_readers, task_readers, split_column, list(split_ratios), seed,
+                      unseen_classes, num_workers)
     if cache:
         save_cached(entry, data)
         log.info("dataset: decoded %s and cached it in %s", path.name, entry)
@@ -171,6 +175,27 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
              ", ".join(f"{m} {s.kind}{list(s.shape)}" for m, s in data.modalities.items()),
              ", ".join(f"{t} {s.kind}({s.dim})" for t, s in data.tasks.items()))
     return data
+
+
+def media_digest(table: Table, root: Path, readers: dict[str, ModalityReader | TargetReader]) -> str:
+    """SHA-256 over the path, size and modification time of every file the manifest names.
+
+    Stat-only (like ``make``): cheap for many files, and an edit in place changes the time.
+    A missing file counts as missing here; :func:`check_files` reports it when decoding.
+    """
+    h = hashlib.sha256()
+    for r in readers.values():
+        if not r.reads_files or r.column not in table:
+            continue
+        for v in table[r.column]:
+            if is_empty(v):
+                continue
+            try:
+                st = resolve(root, v).stat()
+                h.update(f"{v}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{v}\0missing\n".encode())
+    return h.hexdigest()
 
 
 def check_files(table: Table, root: Path, readers: dict[str, ModalityReader | TargetReader]) -> None:
