@@ -72,12 +72,12 @@ def ablate(technique: str, config: str, mode: str, rounds: int, steps: int, warm
 
 def print_table(rows: list[dict]) -> None:
     """One line per (technique, config, mode)."""
-    head = f"{'technique':<14} {'config':<16} {'mode':<6} {'off/s':>10} {'on/s':>10} {'speed-up':>8}"
+    head = f"{'technique':<14} {'config':<16} {'mode':<15} {'off/s':>10} {'on/s':>10} {'speed-up':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['technique']:<14} {r['config']:<16} {r['mode']:<6} error: {r['error'][:80]}")
+            print(f"{r['technique']:<14} {r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
             continue
-        print(f"{r['technique']:<14} {r['config']:<16} {r['mode']:<6} {r['off_samples_s']:>10,.0f} "
+        print(f"{r['technique']:<14} {r['config']:<16} {r['mode']:<15} {r['off_samples_s']:>10,.0f} "
               f"{r['on_samples_s']:>10,.0f} {r['speedup']:>8.3f}")
