@@ -169,16 +169,16 @@ def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int,
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'config':<16} {'mode':<13} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} "
+    head = (f"{'config':<16} {'mode':<15} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} "
             f"{'TFLOP/s':>8} {'MFU':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['config']:<16} {r['mode']:<13} error: {r['error'][:80]}")
+            print(f"{r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
             continue
         mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "   n/a"
-        print(f"{r['config']:<16} {r['mode']:<13} {r['batch_size']:>5} {r['recipe_samples_s']:>10,.0f} "
+        print(f"{r['config']:<16} {r['mode']:<15} {r['batch_size']:>5} {r['recipe_samples_s']:>10,.0f} "
               f"{r['hand_samples_s']:>10,.0f} {r['ratio']:>6.3f} {r['recipe_tflops']:>8.3f} {mfu}")
 
 
