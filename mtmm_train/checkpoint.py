@@ -14,20 +14,29 @@ import torch
 from mtmm_train.errors import UserError
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG state the training loop draws from."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG state the training loop draws from: Python's, the CPU's and the training GPU's.
+
+    Only the training device's CUDA generator is kept: under torchrun every rank sees every GPU,
+    and rank 0's other GPUs hold generators no rank draws from.
+    """
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` returned; its CUDA state goes to ``device`` (this rank's GPU)."""
     random.setstate(_as_tuple(state["python"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):  # checkpoints before session 2 kept every GPU's state
+        cuda = cuda[device.index or 0] if (device.index or 0) < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuple(x: Any) -> Any:

@@ -46,8 +46,15 @@ def launched() -> bool:
 
 
 def init_from_env() -> None:
-    """Join the process group ``torchrun`` describes and share rank 0's start time (no-op otherwise)."""
-    if not launched() or dist.is_initialized():
+    """Join the process group ``torchrun`` describes and share rank 0's start time.
+
+    In one process, only forget an earlier run's start time (a second ``main()`` in one process,
+    e.g. a notebook, gets a folder of its own).
+    """
+    if not launched():
+        resolvers.reset()
+        return
+    if dist.is_initialized():
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
@@ -90,6 +97,27 @@ def total(x: Tensor) -> Tensor:
     out = x.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """``x`` of every process concatenated along dim 0, in rank order (``x`` in one process).
+
+    Processes may hold different numbers of rows (zero included); the trailing shape and dtype
+    must agree.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    world = dist.get_world_size()
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    wire = x.to(torch.uint8) if x.dtype == torch.bool else x  # gloo has no bool
+    padded = torch.cat([wire, wire.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    out = torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
+    return out.bool() if x.dtype == torch.bool else out
 
 
 def any_true(flag: bool) -> bool:

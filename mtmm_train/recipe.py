@@ -141,7 +141,10 @@ class TrainRecipe:
         seed_everything(self.seed)  # the same on every rank: all ranks draw the same random streams
         self.dist = distributed.info()
         self.device = pick_device(t.device)
-        if self.dist.distributed and self.device.type == "cuda" and self.device.index is None:
+        if self.dist.distributed and self.device.type == "cuda":
+            if self.device.index is not None:
+                raise UserError(f"trainer.device is '{t.device}' under torchrun, which would put every rank on one "
+                                "GPU; use trainer.device=auto or cuda (each rank takes the GPU of its LOCAL_RANK)")
             self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun: LOCAL_RANK's GPU
         # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
@@ -160,6 +163,14 @@ class TrainRecipe:
         for name in ("train", "val"):
             if name not in self.data.splits or len(self.data.splits[name]) == 0:
                 raise UserError(f"dataset has an empty '{name}' split; give it samples")
+        world = self.dist.world_size
+        if self.dist.distributed and len(self.data.splits["train"]) < t.batch_size * world:
+            raise UserError(f"the training split has {len(self.data.splits['train'])} samples, fewer than one global "
+                            f"batch (trainer.batch_size={t.batch_size} x {world} processes); lower trainer.batch_size "
+                            "or use fewer processes")
+        if self.dist.distributed and len(self.data.splits["val"]) < world:
+            raise UserError(f"the 'val' split has {len(self.data.splits['val'])} samples, fewer than the {world} "
+                            "processes that share its evaluation; give it more samples or use fewer processes")
         # Each split goes to the device once and is batched there by index; a `loader` config
         # (+loader=dataloader) instead streams the training split from host memory.
         stream = cfg.get("loader") is not None
@@ -225,6 +236,8 @@ class TrainRecipe:
         self.skipped_steps = 0  # steps skipped: fp16 overflow, or a non-finite loss with trainer.nonfinite=skip
         self.skip_update = False
         self.sums = torch.zeros(2, len(self.tasks), device=self.device)
+        self.log_count = 0  # optimizer steps summed in self.sums
+        self.weights_pending = 0  # optimizer steps whose weights wait in self.step_weights
         # Each step's weights, row `step % N`, written to TensorBoard at the next log.
         self.step_weights = torch.zeros(self.logger_cfg.log_every_n_steps, len(self.tasks), device=self.device)
         self.gramian: Tensor | None = None  # of the task gradients at the last logged step
@@ -311,9 +324,10 @@ class TrainRecipe:
     def _train(self) -> float:
         t, lg = self.trainer, self.logger_cfg
         tasks = list(self.tasks)
-        sums = self.sums.zero_()  # (2, T): losses and weights summed since the last log
-        count, samples, t_log = 0, 0, time.perf_counter()
-        t_start, stopped_early = time.perf_counter(), False
+        sums = self.sums  # (2, T): losses and weights summed over the log_count steps since the last log
+        samples, t_log = 0, time.perf_counter()
+        # A run resumed after its early stop (killed before metrics.json) trains no further epoch.
+        t_start, stopped_early = time.perf_counter(), self.batch_in_epoch == 0 and self.patience_exhausted()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (lg.progress_bar and self.dist.is_main),
                    dynamic_ncols=True, desc="train", leave=True)
         while self.epoch < t.max_epochs and not stopped_early:
@@ -330,17 +344,18 @@ class TrainRecipe:
                     continue
                 self.optimizer_step()
                 self.batch_in_epoch = i + 1
-                count += 1
+                self.log_count += 1
+                self.weights_pending += 1
                 samples += batch.size * t.accumulate_grad_batches * self.dist.world_size
                 bar.update(1)
                 if self.step % lg.log_every_n_steps == 0 or self.step == self.total_steps:
                     # The only host synchronisation of the loop: one read every N steps.
-                    mean = (distributed.mean(sums) / count).tolist()
+                    mean = (distributed.mean(sums) / self.log_count).tolist()
                     elapsed = time.perf_counter() - t_log
                     self.log_train(dict(zip(tasks, mean[0], strict=True)), dict(zip(tasks, mean[1], strict=True)),
-                                   samples / max(elapsed, 1e-9), bar, steps=count)
+                                   samples / max(elapsed, 1e-9), bar)
                     sums.zero_()
-                    count, samples, t_log = 0, 0, time.perf_counter()
+                    self.log_count, samples, t_log = 0, 0, time.perf_counter()
                 if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
                     self.save("last.pt")
                 self.stop_if_signalled(bar)
@@ -422,16 +437,11 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def log_train(self, losses: dict[str, float], weights: dict[str, float], samples_per_s: float, bar: tqdm,
-                  steps: int = 1) -> None:
-        """Write the interval's mean losses, each of its ``steps`` steps' weights, the gates'
-        weights and the task gradients' cosine similarities to TensorBoard and the progress bar."""
+    def log_train(self, losses: dict[str, float], weights: dict[str, float], samples_per_s: float, bar: tqdm) -> None:
+        """Write the interval's mean losses, each of its steps' weights, the gates' weights and the
+        task gradients' cosine similarities to TensorBoard and the progress bar."""
         total = sum(weights[t] * losses[t] for t in losses)
-        every = len(self.step_weights)
-        rows = self.step_weights[[s % every for s in range(self.step - steps, self.step)]].tolist()
-        self.step_weights.zero_()
-        for s, row in zip(range(self.step - steps + 1, self.step + 1), rows, strict=True):
-            self.tb.scalars({f"train/weight/{t}": v for t, v in zip(self.tasks, row, strict=True)}, s)
+        self.write_step_weights()
         scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
                    "lr": self.optimizer.param_groups[0]["lr"], "perf/samples_per_s": samples_per_s}
         gates = self.model.mtl.gate_weights()
@@ -448,6 +458,22 @@ class TrainRecipe:
         bad = [t for t, v in losses.items() if not math.isfinite(v)]
         if bad:
             log.warning("non-finite training loss for task(s) %s around step %d", ", ".join(bad), self.step)
+
+    def write_step_weights(self) -> None:
+        """Write the buffered per-step task weights (one host read) and empty the buffer.
+
+        At each log, and before each checkpoint: a run resumed from the checkpoint then never
+        writes a step at or before it again (TensorBoard's ``purge_step`` is the step after it).
+        """
+        if self.weights_pending == 0:
+            return
+        every = len(self.step_weights)
+        first = self.step - self.weights_pending + 1
+        rows = self.step_weights[[s % every for s in range(first - 1, self.step)]].tolist()
+        self.step_weights.zero_()
+        self.weights_pending = 0
+        for s, row in zip(range(first, self.step + 1), rows, strict=True):
+            self.tb.scalars({f"train/weight/{t}": v for t, v in zip(self.tasks, row, strict=True)}, s)
 
     def end_of_epoch(self) -> bool:
         """Evaluate, track the best monitored value, write checkpoints; True to stop early."""
@@ -471,11 +497,15 @@ class TrainRecipe:
         if better:
             self.save("best.pt")
         self.save("last.pt")
-        patience = t.early_stopping_patience
-        if patience is not None and self.bad_epochs >= patience:
-            log.info("early stopping: %s did not improve for %d epochs", t.monitor, patience)
+        if self.patience_exhausted():
+            log.info("early stopping: %s did not improve for %d epochs", t.monitor, t.early_stopping_patience)
             return True
         return False
+
+    def patience_exhausted(self) -> bool:
+        """``trainer.early_stopping_patience`` epochs in a row without improvement."""
+        patience = self.trainer.early_stopping_patience
+        return patience is not None and self.bad_epochs >= patience
 
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
@@ -486,15 +516,14 @@ class TrainRecipe:
             ``{"<split>/loss/total", "<split>/loss/<task>", "<split>/<task>/<metric>": float}``.
         """
         self.model.eval()
-        # torchrun: each rank evaluates its part; sums and metrics are reduced over the ranks.
+        # torchrun: each rank evaluates its part; loss sums are reduced, and the labelled samples'
+        # predictions and targets gathered, so every rank computes the metrics of the whole split.
+        # (torchmetrics' own sync in compute() fails when a rank saw no labels for a task.)
+        parallel = self.dist.distributed
         loader = InMemoryLoader(self.splits[split], self.trainer.eval_batch_size, rank=self.dist.rank,
                                 world_size=self.dist.world_size)
         metrics = {t: task.metrics().to(self.device) for t, task in self.tasks.items()}
-        if self.dist.distributed:
-            # torchmetrics reduces the states over the ranks in compute(); its compute groups are
-            # found from the first update's values, so they could differ between ranks: off.
-            for collection in metrics.values():
-                collection._enable_compute_groups = False
+        kept: dict[str, tuple[list[Tensor], list[Tensor]]] = {t: ([], []) for t in self.tasks}
         loss_sum = torch.zeros(len(self.tasks), device=self.device)
         n_labeled = torch.zeros(len(self.tasks), device=self.device)
         for batch in loader:
@@ -505,8 +534,18 @@ class TrainRecipe:
                 n = lab.sum()
                 loss_sum[i] += task.loss(preds[t], batch.targets[t], lab) * n
                 n_labeled[i] += n
-                if lab.any():
+                if parallel:  # empty selections too: they carry the shapes for the gather
+                    kept[t][0].append(preds[t][lab].float())
+                    kept[t][1].append(batch.targets[t][lab])
+                elif lab.any():
                     metrics[t].update(*task.metric_inputs(preds[t][lab], batch.targets[t][lab]))
+        if parallel:
+            for t, task in self.tasks.items():
+                pred, target = (distributed.gather_rows(torch.cat(x)) for x in kept[t])
+                for metric in metrics[t].values():
+                    metric.sync_on_compute = metric._to_sync = False  # every rank holds all the data
+                if len(pred):
+                    metrics[t].update(*task.metric_inputs(pred, target))
         out: dict[str, float] = {}
         loss_sum, n_labeled = distributed.total(loss_sum), distributed.total(n_labeled)
         losses = (loss_sum / n_labeled.clamp_min(1)).tolist()
@@ -514,24 +553,31 @@ class TrainRecipe:
         for i, t in enumerate(self.tasks):
             out[f"{split}/loss/{t}"] = losses[i]
         for t, collection in metrics.items():
-            if n_labeled[list(self.tasks).index(t)] == 0:
-                values = {k: float("nan") for k in collection.keys()}
-            else:
-                values = {k: float(v) for k, v in collection.compute().items()}
-            out.update({f"{split}/{t}/{k}": v for k, v in values.items()})
+            for k, metric in collection.items():
+                out[f"{split}/{t}/{k}"] = float("nan")
+                if n_labeled[list(self.tasks).index(t)] == 0:
+                    continue
+                try:
+                    out[f"{split}/{t}/{k}"] = float(metric.compute())
+                except ValueError as e:  # e.g. R^2 of a single labelled sample
+                    log.warning("%s/%s/%s is NaN: %s", split, t, k, str(e).splitlines()[0])
         self.model.train()
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict[str, Any]:
-        """Everything needed to resume, as plain data and tensors (loads with weights_only=True)."""
+    def state(self, log_sums: Tensor | None = None) -> dict[str, Any]:
+        """Everything needed to resume, as plain data and tensors (loads with weights_only=True).
+
+        Args:
+            log_sums: the training log's sums to store (torchrun: their mean over the ranks).
+        """
         return {
             "model": self.model.state_dict(),
             "balancer": self.balancer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": checkpoint.rng_state(),
+            "rng": checkpoint.rng_state(self.device),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -539,6 +585,8 @@ class TrainRecipe:
             "bad_epochs": self.bad_epochs,
             "skipped_steps": self.skipped_steps,
             "metrics": self.last_metrics,
+            # The training log's sums since its last write: a resumed run logs the same values.
+            "log": {"sums": self.sums if log_sums is None else log_sums, "count": self.log_count},
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "world_size": self.dist.world_size,
         }
@@ -549,9 +597,11 @@ class TrainRecipe:
         TensorBoard's events are flushed first, so that a crash after the checkpoint loses none of
         the steps the checkpoint covers (a resumed run drops the later ones: ``purge_step``).
         """
+        log_sums = distributed.mean(self.sums)  # every rank takes part; each then resumes from the mean
+        self.write_step_weights()
         if self.dist.is_main:
             self.tb.flush()
-            checkpoint.save(self.state(), self.ckpt_dir / name)
+            checkpoint.save(self.state(log_sums), self.ckpt_dir / name)
 
     def maybe_resume(self, resume: str | None) -> Path | None:
         """Load ``trainer.resume`` (``auto``: this run's ``last.pt`` if it exists, or a path)."""
@@ -579,12 +629,16 @@ class TrainRecipe:
             first = " ".join(str(e).split())[:300]
             raise UserError(f"checkpoint '{path}' was written for another model config ({first}); resume it "
                             "with the config it was trained with, or start a new run") from None
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"], self.device)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_metrics = state.get("metrics", {})
+        saved = state.get("log")
+        if saved is not None:
+            self.sums.copy_(saved["sums"])
+            self.log_count = int(saved["count"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return path
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 
 from omegaconf import OmegaConf
 
@@ -26,8 +27,14 @@ def run_time() -> float:
     return RUN_TIME
 
 
+def reset() -> None:
+    """Forget the start time: the next run (another ``main()`` in this process) takes a new one."""
+    global RUN_TIME
+    RUN_TIME = None
+
+
 def _now(pattern: str) -> str:
-    return time.strftime(pattern, time.localtime(run_time()))
+    return datetime.fromtimestamp(run_time()).strftime(pattern)  # as Hydra's ${now:} (%f included)
 
 
 def _rank_suffix() -> str:

@@ -49,38 +49,55 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(path)["model"]
 
 
-def train_steps(run: Path) -> list[int]:
+def train_log(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """The training log's (step, value) pairs of a loss and a weight tag."""
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    return [e.step for e in events.Scalars("train/loss/total")]
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("train/loss/total",
+                                                                              "train/weight/category")}
 
 
-@pytest.mark.slow
-def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path: Path, one_thread: None) -> None:
+def crash_and_resume(tmp_path: Path, overrides: list[str], points: list[str]) -> None:
+    """Kill a run at each point, resume it, and compare everything with an uninterrupted run."""
     reference = tmp_path / "reference"
-    train(reference, OVERRIDES, tiny=False)
+    train(reference, overrides, tiny=False)
     expected = json.loads((reference / "metrics.json").read_text())
 
     crashed = tmp_path / "crashed"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(crashed), *POINTS, "--",
-                           *OVERRIDES], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(crashed), *points, "--",
+                           *overrides], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ends = (crashed / "fault-points.txt").read_text().splitlines()
-    assert ends == [f"{p} killed" for p in POINTS], done.stderr[-3000:]
+    assert ends == [f"{p} killed" for p in points], done.stderr[-3000:]
 
-    for point in POINTS:
+    for point in points:
         run = crashed / point.replace(":", "-")
         assert not (run / "metrics.json").exists(), point
         last = run / "checkpoints" / "last.pt"
         if last.exists():
             checkpoint.load(last)  # never torn: the old file or the new one
-        train(run, [*OVERRIDES, "trainer.resume=auto"], tiny=False)
+        train(run, [*overrides, "trainer.resume=auto"], tiny=False)
 
         result = json.loads((run / "metrics.json").read_text())
-        for key in ("best", "final", "epochs", "steps"):
+        for key in ("best", "final", "epochs", "steps", "stopped_early"):
             assert result[key] == expected[key], f"{point}: {key}"
         for name in ("best.pt", "last.pt"):
             got, want = weights(run / "checkpoints" / name), weights(reference / "checkpoints" / name)
             assert all(torch.equal(got[k], want[k]) for k in want), f"{point}: {name}"
         assert not list((run / "checkpoints").glob(".*.tmp")), point  # a killed write's leftovers are gone
-        assert train_steps(run) == train_steps(reference), point  # no step lost or logged twice
+        # No step lost or logged twice, and the same values: the log's running sums are checkpointed.
+        assert train_log(run) == train_log(reference), point
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_result(tmp_path: Path, one_thread: None) -> None:
+    crash_and_resume(tmp_path, OVERRIDES, POINTS)
+
+
+def test_a_run_killed_after_its_early_stop_does_not_train_on_when_resumed(tmp_path: Path, one_thread: None) -> None:
+    # Patience 1 on a metric that drops after epoch 1: the run stops after epoch 2 of 4. Killed
+    # before metrics.json, the resumed run must write it without training a third epoch.
+    overrides = [*OVERRIDES, "trainer.max_epochs=4", "trainer.early_stopping_patience=1",
+                 "trainer.monitor=val/match/auroc", "trainer.monitor_mode=max"]
+    crash_and_resume(tmp_path, overrides, ["finish:1"])
+    assert json.loads((tmp_path / "reference" / "metrics.json").read_text())["stopped_early"]

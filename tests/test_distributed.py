@@ -76,6 +76,28 @@ def test_two_processes_match_one_process_with_the_global_batch(balancer: list[st
 
 
 @pytest.mark.slow
+def test_a_rank_without_labels_of_a_task_in_its_validation_share(tmp_path: Path, one_thread: None) -> None:
+    # 12 validation samples, 10% of them labelled for score: rank 0's six hold none, rank 1's three.
+    # Metrics are computed from the gathered predictions, the same as in one process.
+    args = [*SMALL, "dataset.num_val=12", "dataset.label_fraction.score=0.1", "trainer.max_epochs=1"]
+    val = build(compose_cfg(args).dataset, "dataset").splits["val"].labeled["score"]
+    assert int(val[0::2].sum()) == 0 and int(val[1::2].sum()) == 3
+    done = run_cli([*TORCHRUN, *args, "trainer.batch_size=32", f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path,
+                   module="", env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = train(tmp_path / "one", [*args, "trainer.batch_size=64"], tiny=False)
+    assert_same_metrics(final_metrics(tmp_path / "two"), one.last_metrics)
+
+
+def test_a_training_split_smaller_than_one_global_batch_is_a_clear_error(tmp_path: Path) -> None:
+    done = run_cli([*TORCHRUN, "dataset.num_train=6", "trainer.batch_size=8", f"hydra.run.dir={tmp_path}"],
+                   cwd=tmp_path, module="", env=ENV, timeout=120)
+    assert done.returncode != 0
+    assert "mtmm-train: error: the training split has 6 samples, fewer than one global batch " \
+           "(trainer.batch_size=8 x 2 processes)" in done.stderr
+
+
+@pytest.mark.slow
 def test_sigterm_to_torchrun_checkpoints_every_rank_at_one_step_and_resume_is_exact(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [*SMALL, "dataset.num_train=4096", "trainer.max_epochs=3", "trainer.batch_size=32",

@@ -100,6 +100,14 @@ def test_resume_mid_epoch_gives_the_same_result_as_an_uninterrupted_run(tmp_path
     assert steps == sorted(set(steps)) and steps[-1] == 9
 
 
+def test_a_metric_that_needs_more_labelled_samples_is_nan_not_a_crash(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # 4 validation samples, one of them labelled for score: R^2 needs two.
+    recipe = train(tmp_path, ["dataset.num_val=4"])
+    assert math.isnan(recipe.last_metrics["val/score/r2"]) and math.isfinite(recipe.last_metrics["val/score/mae"])
+    assert "val/score/r2 is NaN: Needs at least two samples" in caplog.text
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cpu(precision: str, tmp_path: Path) -> None:
     recipe = train(tmp_path, [f"trainer.precision={precision}", "trainer.max_epochs=2"])
