@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig
 
 from mtmm_train import distributed
@@ -52,10 +54,25 @@ def _hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console-script entry point (also under ``torchrun --nproc_per_node=N -m mtmm_train``)."""
     distributed.init_from_env()  # before Hydra: the ranks must agree on the run folder's time
+    # Hydra then re-raises its own errors instead of printing them over several lines: an unknown
+    # group option (fusion=nope) or a malformed override becomes one line below, like ours.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         _hydra_main()
+    except (ConfigCompositionException, OverrideParseException) as e:
+        print(f"mtmm-train: error: {hydra_error_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     finally:
         distributed.shutdown()
+
+
+def hydra_error_line(e: Exception) -> str:
+    """Hydra's multi-line composition message on one line, e.g. ``Could not find 'fusion/nope';
+    available options in 'fusion': attention, concat, ...``."""
+    lines = [line.strip() for line in str(e).split("Config search path:")[0].splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].endswith(":"):  # "Available options in 'fusion':" then one per line
+        return f"{lines[0]}; {lines[1][0].lower()}{lines[1][1:]} {', '.join(lines[2:])}"
+    return "; ".join(lines)
 
 
 if __name__ == "__main__":
