@@ -18,7 +18,7 @@ from mtmm_train.recipe import Preempted, TrainRecipe
 log = logging.getLogger("mtmm_train")
 
 EXIT_USER_ERROR = 2
-EXIT_PREEMPTED = 3  # stopped by SIGTERM/SIGINT with a checkpoint: requeue with trainer.resume=auto
+EXIT_PREEMPTED = 3  # stopped by SIGTERM/SIGINT/SIGUSR2 with a checkpoint: requeue with trainer.resume=auto
 
 
 def run(cfg: DictConfig) -> float:
