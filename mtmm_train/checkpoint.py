@@ -66,12 +66,10 @@ def save(state: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
-def remove_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files :func:`save` leaves when killed mid-write; return them."""
-    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
-    for p in stale:
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files :func:`save` leaves when killed mid-write."""
+    for p in folder.glob(".*.tmp") if folder.is_dir() else []:
         p.unlink(missing_ok=True)
-    return stale
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -27,7 +27,6 @@ class DistInfo:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -75,28 +74,28 @@ def shutdown() -> None:
 
 
 def info() -> DistInfo:
-    """This process's rank, the world size and the local rank."""
+    """This process's rank and the world size."""
     if not dist.is_initialized():
         return DistInfo()
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
-def mean(x: Tensor) -> Tensor:
-    """The mean of ``x`` over all processes (a new tensor; ``x`` itself in one process)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return x
-    out = x.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
+def _alone() -> bool:
+    return not dist.is_initialized() or dist.get_world_size() == 1
 
 
 def total(x: Tensor) -> Tensor:
-    """The sum of ``x`` over all processes (``x`` itself in one process)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    """The sum of ``x`` over all processes (a new tensor; ``x`` itself in one process)."""
+    if _alone():
         return x
     out = x.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over all processes (a new tensor; ``x`` itself in one process)."""
+    return x if _alone() else total(x) / dist.get_world_size()
 
 
 def gather_rows(x: Tensor) -> Tensor:
@@ -105,7 +104,7 @@ def gather_rows(x: Tensor) -> Tensor:
     Processes may hold different numbers of rows (zero included); the trailing shape and dtype
     must agree.
     """
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if _alone():
         return x
     world = dist.get_world_size()
     size = torch.tensor([x.shape[0]], device=x.device)
@@ -122,7 +121,7 @@ def gather_rows(x: Tensor) -> Tensor:
 
 def any_true(flag: bool) -> bool:
     """Whether ``flag`` is true on any process (a host-side agreement through gloo)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if _alone():
         return flag
     t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -136,7 +135,7 @@ def average_gradients(params: list[nn.Parameter]) -> None:
     parameters, and every parameter when a balancer sets ``.grad`` itself (parameter-space
     aggregation). A parameter without a gradient on this rank counts as zero.
     """
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if _alone():
         return
     groups: dict[tuple[torch.dtype, torch.device], list[nn.Parameter]] = {}
     for p in params:
@@ -144,11 +143,8 @@ def average_gradients(params: list[nn.Parameter]) -> None:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    world = dist.get_world_size()
     for group in groups.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= world
+        flat = mean(torch.cat([p.grad.reshape(-1) for p in group]))
         offset = 0
         for p in group:
             n = p.grad.numel()

@@ -15,10 +15,12 @@ summed, backward, the same clipping, optimizer and schedule. Prints a table; ``-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -216,22 +218,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "ablations" in args.suite:
         import bench_ablations
 
-        rows = []
-        for technique in args.techniques or list(bench_ablations.TECHNIQUES):
-            for name in args.configs:
-                for mode in args.modes or ["fp32"]:
-                    try:
-                        row = bench_ablations.ablate(technique, name, mode, args.rounds, args.steps, args.warmup,
-                                                     args.out, args.round_seconds, args.override)
-                    except Exception as e:  # record and go on
-                        row = {"technique": technique, "config": name, "mode": mode, "error": repr(e)[:500]}
-                    rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+        rows = measure(({"technique": technique, "config": name, "mode": mode}, functools.partial(
+            bench_ablations.ablate, technique, name, mode, args.rounds, args.steps, args.warmup, args.out,
+            args.round_seconds, args.override))
+            for technique in args.techniques or list(bench_ablations.TECHNIQUES)
+            for name in args.configs for mode in args.modes or ["fp32"])
         print()
         bench_ablations.print_table(rows)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"ablations": rows}, indent=1))
+        write_json(args.json, {"ablations": rows})
     if "recipe" not in args.suite:
         return []
     modes = args.modes or (list(MODES) if cuda else ["fp32"])
@@ -239,22 +233,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if cuda else 'cpu'}, "
           f"threads {torch.get_num_threads()}" + (f", measured bf16 peak {peak:.0f} TFLOP/s" if peak else ""),
           flush=True)
-    rows = []
-    for name in args.configs:
-        for mode in modes:
-            try:
-                row = compare(name, mode, PRESETS.get(name, [name]) + args.override, args.rounds, args.steps,
-                              args.warmup, args.out, peak, args.round_seconds)
-            except Exception as e:  # record and go on: one failing mode must not hide the others
-                row = {"config": name, "mode": mode, "error": repr(e)[:500]}
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+    rows = measure(({"config": name, "mode": mode}, functools.partial(
+        compare, name, mode, PRESETS.get(name, [name]) + args.override, args.rounds, args.steps, args.warmup,
+        args.out, peak, args.round_seconds)) for name in args.configs for mode in modes)
     print()
     print_table(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"peak_bf16_tflops": peak, "rows": rows}, indent=1))
+    write_json(args.json, {"peak_bf16_tflops": peak, "rows": rows})
     return rows
+
+
+def measure(jobs: Iterable[tuple[dict, Callable[[], dict]]]) -> list[dict]:
+    """Run each ``(label, job)``; a failing job becomes its label with ``error``, so the others still run.
+
+    Prints each row as JSON as it comes (without the per-round lists).
+    """
+    rows = []
+    for label, job in jobs:
+        try:
+            row = job()
+        except Exception as e:  # record and go on: one failing mode must not hide the others
+            row = {**label, "error": repr(e)[:500]}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+    return rows
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    """``--json``: save the rows."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":
