@@ -224,6 +224,7 @@ class TrainRecipe:
         amp_dtype = AMP_DTYPES[t.precision]
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.fp16_scale: float | None = None  # the scaler's scale after the last step (read once per step)
 
         # What to monitor, and where the run stands.
         self.metric_keys = self.val_metric_keys()
@@ -423,11 +424,14 @@ class TrainRecipe:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer.gradient_clip_norm)
         if self.scaler.is_enabled():
-            # fp16: the scaler skips steps whose gradients overflowed; so does the schedule.
-            scale = self.scaler.get_scale()
+            # fp16: the scaler skips steps whose gradients overflowed (and lowers its scale); so does
+            # the schedule. One host read per step: the scale before this step is the one read after
+            # the last (a fused optimizer also spares the scaler its own read of the overflow flag).
+            before = self.scaler.get_scale() if self.fp16_scale is None else self.fp16_scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.scaler.get_scale() < scale:
+            self.fp16_scale = self.scaler.get_scale()
+            if self.fp16_scale < before:
                 self.skipped_steps += 1
             else:
                 self.scheduler.step()
