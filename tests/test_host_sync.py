@@ -73,7 +73,8 @@ class HostReads(TorchFunctionMode):
 
     def read(self, what: str) -> None:
         frames = [f for f in traceback.extract_stack()[:-2] if "/mtmm_train/" in f.filename]
-        where = f"{frames[-1].filename.split('/mtmm_train/')[-1]}:{frames[-1].lineno} {frames[-1].line}" if frames else "?"
+        f = frames[-1] if frames else None
+        where = f"{f.filename.split('/mtmm_train/')[-1]}:{f.lineno} {f.line}" if f else "?"
         self.reads[(what, where)] += 1
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
