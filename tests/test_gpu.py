@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import train
+from conftest import compose_cfg, train
+
+from mtmm_train.recipe import TrainRecipe
 
 pytestmark = pytest.mark.gpu
 
@@ -49,3 +52,39 @@ def test_checkpoint_written_on_gpu_resumes_on_cpu(tmp_path: Path) -> None:
     assert cpu.resumed_from is not None and cpu.step == 6
     assert next(cpu.model.parameters()).device.type == "cpu"
     assert math.isfinite(cpu.best["value"])
+
+
+def cuda_steps(tmp_path: Path, overrides: list[str], steps: int = 3) -> list[warnings.WarningMessage]:
+    """Run the loop's step functions on CUDA after a warm-up, with torch's sync debug mode on
+    (``tests/test_host_sync.py`` checks the same on the CPU); the synchronisations it reported."""
+    cfg = compose_cfg(["trainer.device=cuda", "trainer.precision=bf16", "trainer.batch_size=32",
+                       "dataset.num_train=512", "logger.progress_bar=false", *overrides])
+    recipe = TrainRecipe(cfg, tmp_path)
+    recipe.setup()
+    batches = recipe.train_loader.epoch(0)
+    for _ in range(2):  # compile, the optimizer's state, the epoch's order on the device
+        recipe.micro_step(next(batches))
+        recipe.optimizer_step()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                recipe.micro_step(next(batches))
+                recipe.optimizer_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [w for w in seen if "synchronizing" in str(w.message)]
+
+
+@pytest.mark.parametrize("overrides", [[], ["trainer.compile=true"]], ids=["eager", "compiled"])
+def test_training_step_never_waits_for_the_gpu(overrides: list[str], tmp_path: Path) -> None:
+    syncs = cuda_steps(tmp_path, overrides)
+    assert not syncs, [f"{w.filename}:{w.lineno} {w.message}" for w in syncs]
+
+
+def test_gradient_aggregation_waits_once_per_step(tmp_path: Path) -> None:
+    # The Gramian's copy to the host, and the weights' copy back (which finds the queue empty).
+    syncs = cuda_steps(tmp_path, ["balancer=upgrad"], steps=3)
+    assert len(syncs) <= 2 * 3, [f"{w.filename}:{w.lineno} {w.message}" for w in syncs]
