@@ -37,6 +37,7 @@ class TrainerConfig:
     compile: bool = MISSING
     compile_mode: str = MISSING
     deterministic: bool = MISSING
+    cudnn_benchmark: bool = MISSING
     sync_batchnorm: bool = MISSING
     nonfinite: str = MISSING
     monitor: str = MISSING

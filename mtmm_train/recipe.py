@@ -149,6 +149,8 @@ class TrainRecipe:
         # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
         torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
+        # Batches keep their shapes (drop_last), so timing cuDNN's algorithms once per shape pays.
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)

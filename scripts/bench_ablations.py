@@ -10,6 +10,8 @@ noisy); the table gives samples/s of both and the speed-up (on / off):
 * ``fused_adamw``: ``optimizer.fused`` false vs true (the recipe's default on CUDA).
 * ``channels_last``: the image CNN's convolutions in NCHW vs channels-last memory format.
 * ``compile``: ``trainer.compile`` false vs true.
+* ``cudnn_benchmark``: ``torch.backends.cudnn.benchmark`` false vs true (``trainer.cudnn_benchmark``;
+  a global flag, so each side sets it before its steps). No effect on a CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from benchmark import MODES, PRESETS, make_recipe, recipe_step, time_steps
 
 from mtmm_train.batch import Batch
@@ -30,6 +33,14 @@ def synced_step(recipe: TrainRecipe, batch: Batch) -> None:
     recipe.sums.sum().item()
 
 
+def cudnn_benchmark_step(on: bool) -> Callable[[TrainRecipe, Batch], None]:
+    """The recipe's step with ``torch.backends.cudnn.benchmark`` set first (process-wide, like the recipe does)."""
+    def step(recipe: TrainRecipe, batch: Batch) -> None:
+        torch.backends.cudnn.benchmark = on
+        recipe_step(recipe, batch)
+    return step
+
+
 # technique -> (overrides off, overrides on, step off, step on)
 TECHNIQUES: dict[str, tuple[list[str], list[str], Callable, Callable]] = {
     "host_sync": ([], [], synced_step, recipe_step),
@@ -37,6 +48,8 @@ TECHNIQUES: dict[str, tuple[list[str], list[str], Callable, Callable]] = {
     "channels_last": (["model.encoders.image.channels_last=false"], ["model.encoders.image.channels_last=true"],
                       recipe_step, recipe_step),
     "compile": (["trainer.compile=false"], ["trainer.compile=true"], recipe_step, recipe_step),
+    "cudnn_benchmark": (["trainer.cudnn_benchmark=false"], ["trainer.cudnn_benchmark=true"],
+                        cudnn_benchmark_step(False), cudnn_benchmark_step(True)),
 }
 
 
@@ -72,12 +85,12 @@ def ablate(technique: str, config: str, mode: str, rounds: int, steps: int, warm
 
 def print_table(rows: list[dict]) -> None:
     """One line per (technique, config, mode)."""
-    head = f"{'technique':<14} {'config':<16} {'mode':<15} {'off/s':>10} {'on/s':>10} {'speed-up':>8}"
+    head = f"{'technique':<16} {'config':<16} {'mode':<15} {'off/s':>10} {'on/s':>10} {'speed-up':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['technique']:<14} {r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
+            print(f"{r['technique']:<16} {r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
             continue
-        print(f"{r['technique']:<14} {r['config']:<16} {r['mode']:<15} {r['off_samples_s']:>10,.0f} "
+        print(f"{r['technique']:<16} {r['config']:<16} {r['mode']:<15} {r['off_samples_s']:>10,.0f} "
               f"{r['on_samples_s']:>10,.0f} {r['speedup']:>8.3f}")

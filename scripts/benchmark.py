@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "for 2/4/8 tasks in both Jacobian spaces (scripts/bench_balancers.py); ablations: each "
                              "speed technique off and on (scripts/bench_ablations.py)")
     parser.add_argument("--techniques", nargs="+", default=None,
-                        help="ablations to run: host_sync, fused_adamw, channels_last, compile (default: all)")
+                        help="ablations to run: host_sync, fused_adamw, channels_last, compile, cudnn_benchmark "
+                             "(default: all)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if "fusion" in args.suite:

@@ -7,7 +7,8 @@
 #      a GPU checkpoint resumed on the CPU)
 #   3. a short bf16 training run of the default experiment, end to end through the CLI
 #   4. recipe vs hand: CUDA graphs and bf16 eager on both reference models, compile on the small one
-#   5. each speed technique off and on (host_sync, fused_adamw, channels_last) on reference_large
+#   5. each speed technique off and on (host_sync, fused_adamw, channels_last, cudnn_benchmark) on
+#      reference_large
 #   6. recipe vs hand in fp32 and tf32 (both models), and the compile ablation
 # Writes JSON and logs under $OUT; prints one table of every benchmark row last (rows of a stage
 # cut by the budget are kept: the benchmark prints each row as it finishes).
@@ -67,8 +68,8 @@ stage "default experiment, bf16, CLI" 40 default_run
 stage "CUDA graphs and bf16 eager" 120 bench graphs --configs reference_small reference_large \
   --modes bf16+cudagraphs bf16
 stage "small model compiled" 60 bench small_compile --configs reference_small --modes bf16+compile
-stage "ablations: host_sync fused_adamw channels_last" 90 bench ablations --suite ablations \
-  --configs reference_large --modes bf16 --techniques host_sync fused_adamw channels_last
+stage "ablations: host_sync fused_adamw channels_last cudnn_benchmark" 110 bench ablations --suite ablations \
+  --configs reference_large --modes bf16 --techniques host_sync fused_adamw channels_last cudnn_benchmark
 stage "fp32 and tf32" 120 bench fp32_tf32 --configs reference_small reference_large --modes fp32 tf32
 stage "ablation: compile" 150 bench ablation_compile --suite ablations --configs reference_large --modes bf16 \
   --techniques compile

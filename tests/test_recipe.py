@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, train
+from conftest import TINY, compose_cfg, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmm_train.errors import UserError
@@ -238,3 +238,16 @@ def test_nonfinite_loss_policy(policy: str, tmp_path: Path, monkeypatch: pytest.
     assert recipe.skipped_steps == 1 and recipe.step == 6
     assert all(torch.isfinite(p).all() for p in recipe.model.parameters())
     assert json.loads((tmp_path / "metrics.json").read_text())["skipped_steps"] == 1
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], True), (["trainer.cudnn_benchmark=false"], False), (["trainer.deterministic=true"], False)])
+def test_cudnn_benchmark_follows_the_config(overrides: list[str], expected: bool, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process-wide flag (no effect on the CPU): set at setup, off whenever runs must be deterministic.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not expected)
+    try:
+        TrainRecipe(compose_cfg(TINY + overrides), tmp_path).setup()
+        assert torch.backends.cudnn.benchmark is expected
+    finally:
+        torch.use_deterministic_algorithms(False)
