@@ -54,6 +54,9 @@ MODES = {
     # CUDA graphs through torch.compile(mode="reduce-overhead"): launches replayed, not dispatched.
     "bf16+cudagraphs": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true",
                         "trainer.compile_mode=reduce-overhead"],
+    # Inductor times Triton templates against cuBLAS for each matmul/convolution shape (minutes to compile).
+    "bf16+autotune": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true",
+                      "trainer.compile_mode=max-autotune-no-cudagraphs"],
 }
 
 

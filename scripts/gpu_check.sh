@@ -9,7 +9,8 @@
 #   4. recipe vs hand: CUDA graphs and bf16 eager on both reference models, compile on the small one
 #   5. each speed technique off and on (host_sync, fused_adamw, channels_last, cudnn_benchmark) on
 #      reference_large
-#   6. recipe vs hand in fp32 and tf32 (both models), and the compile ablation
+#   6. recipe vs hand in fp32 and tf32 (both models), the large model with max-autotune, and the
+#      compile ablation
 # Writes JSON and logs under $OUT; prints one table of every benchmark row last (rows of a stage
 # cut by the budget are kept: the benchmark prints each row as it finishes).
 #   On the device machine (no network, no Hydra): carry .whl/ (../shared/device/fetch-wheels.sh
@@ -71,6 +72,7 @@ stage "small model compiled" 60 bench small_compile --configs reference_small --
 stage "ablations: host_sync fused_adamw channels_last cudnn_benchmark" 110 bench ablations --suite ablations \
   --configs reference_large --modes bf16 --techniques host_sync fused_adamw channels_last cudnn_benchmark
 stage "fp32 and tf32" 120 bench fp32_tf32 --configs reference_small reference_large --modes fp32 tf32
+stage "large model, max-autotune" 240 bench autotune --configs reference_large --modes bf16+autotune
 stage "ablation: compile" 150 bench ablation_compile --suite ablations --configs reference_large --modes bf16 \
   --techniques compile
 
