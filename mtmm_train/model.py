@@ -85,10 +85,23 @@ class MultiModalModel(nn.Module):
         Returns:
             ``(preds, shared)``: task -> head output ``(B, dim)``, and the last shared tensor.
         """
+        z, present = self.represent(inputs, present)
+        return self.predict(z, present)
+
+    def represent(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Modality dropout (in training), the encoders, the missing-modality policy and the fusion.
+
+        Returns:
+            ``(z, present)``: the fused representation ``(B, D)`` (``(B, M, D)`` for late fusion)
+            and the presence masks the fusion saw.
+        """
         if self.training and self.modality_dropout > 0:
             present = self.drop_modalities(present)
         embs, present = self.embed(inputs, present)
-        z = self.fusion(embs, present)  # (B, D), or (B, M, D) for late fusion
+        return self.fusion(embs, present), present
+
+    def predict(self, z: Tensor, present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """The MTL architecture and the heads on the fused ``z``: ``(preds, shared)``."""
         if self.fusion.decides:
             return self.decide_per_modality(z, present)
         features, shared = self.mtl(z)
@@ -120,6 +133,32 @@ class MultiModalModel(nn.Module):
         if self.missing == "learned":
             params += list(self.missing_embeddings.parameters())
         return params + self.mtl.shared_parameters()
+
+
+class CompiledRepresentation(nn.Module):
+    """A model whose encoders and fusion are compiled (``torch.compile``) and whose MTL
+    architecture and heads run eagerly; ``forward`` as :class:`MultiModalModel`'s.
+
+    A compiled graph hands back its outputs side by side: of a whole compiled model, ``shared``
+    and the predictions come out as siblings, and the gradient of a task's loss with respect to
+    ``shared`` is None. Balancers that differentiate there (``Balancer.uses_shared_gradient``:
+    gradient aggregation, GradNorm) and the gradient-cosine log would silently see zeros; with
+    the compiled part ending at the fusion, ``shared`` stays a node of the autograd graph
+    between it and the losses. The encoders and fusion hold most of the compute.
+
+    Args:
+        model: the model (its parameters are this module's).
+        mode: ``torch.compile``'s mode (None: the default).
+    """
+
+    def __init__(self, model: MultiModalModel, mode: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled_represent = torch.compile(model.represent, mode=mode)
+
+    def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        z, present = self.compiled_represent(inputs, present)
+        return self.model.predict(z, present)
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:

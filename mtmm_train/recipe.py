@@ -32,7 +32,7 @@ from mtmm_train.builders import build
 from mtmm_train.config import LoggerConfig, TrainerConfig, check_names, check_trainer, typed
 from mtmm_train.data import InMemoryLoader, MultiModalData
 from mtmm_train.errors import UserError
-from mtmm_train.model import MultiModalModel
+from mtmm_train.model import CompiledRepresentation, MultiModalModel
 from mtmm_train.optim import param_groups
 from mtmm_train.tasks import TASK_TYPES, Task
 from mtmm_train.tensorboard import TensorBoard, format_results
@@ -195,12 +195,27 @@ class TrainRecipe:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.balancer: Balancer = build(cfg.balancer, "balancer", tasks=task_names).to(self.device)
         self.shared_params = self.model.shared_parameters()
-        # torchrun: DistributedDataParallel averages gradients during backward (see micro_step).
-        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                           gradient_as_bucket_view=True) if self.dist.distributed else None
-        forward = self.ddp or self.model
+        # trainer.compile: the whole model, unless something differentiates the losses with respect
+        # to the shared representation, which a compiled graph does not expose (CompiledRepresentation).
         mode = None if t.compile_mode == "default" else t.compile_mode  # reduce-overhead: CUDA graphs
-        self.forward_model = torch.compile(forward, mode=mode) if t.compile else forward
+        cosines = bool(self.logger_cfg.tensorboard and self.logger_cfg.grad_cosine_every_n_steps)
+        compile_ = t.compile
+        if compile_ and self.balancer.writes_grads_directly:
+            log.warning("trainer.compile=true is ignored: %s in parameter space differentiates each task's loss "
+                        "through the model with torchjd (vmap), which a compiled backward does not support; the "
+                        "model runs eagerly (balancer.mode=representation compiles)", type(self.balancer).__name__)
+            compile_ = False
+        partly = compile_ and (self.balancer.uses_shared_gradient or cosines)
+        if partly:
+            log.info("trainer.compile: compiling the encoders and fusion only (%s differentiates the losses with "
+                     "respect to the shared representation)",
+                     type(self.balancer).__name__ if self.balancer.uses_shared_gradient else "the gradient-cosine log")
+        module = CompiledRepresentation(self.model, mode) if partly else self.model
+        # torchrun: DistributedDataParallel averages gradients during backward (see micro_step).
+        self.ddp = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                           gradient_as_bucket_view=True) if self.dist.distributed else None
+        forward = self.ddp or module
+        self.forward_model = torch.compile(forward, mode=mode) if compile_ and not partly else forward
 
         # Optimization. Under torchrun, trainer.batch_size is per process; each global batch is
         # the one-process batch of batch_size * world_size samples, split between the ranks.

@@ -47,6 +47,7 @@ class GradientAggregation(Balancer):
         self.mode = mode
         # Parameter space: torchjd and this class write the shared parameters' .grad themselves.
         self.writes_grads_directly = mode == "parameters"
+        self.uses_shared_gradient = True  # the Jacobian's rows, or torchjd's cut between shared and task parts
 
     def weights(self, gramian: Tensor) -> Tensor:
         """The method: weights ``(m,)`` from a float64 CPU Gramian ``(m, m)`` of ``m >= 1`` tasks."""

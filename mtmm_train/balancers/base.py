@@ -61,6 +61,10 @@ class Balancer(nn.Module):
     #: True when :meth:`backward` writes ``.grad`` itself instead of through autograd, so that
     #: DistributedDataParallel's hooks miss it; the recipe then averages gradients across processes.
     writes_grads_directly: bool = False
+    #: True when :meth:`backward` differentiates the losses with respect to ``ctx.shared`` (the
+    #: shared representation). Under ``trainer.compile`` the recipe then compiles the encoders and
+    #: fusion only, so ``shared`` stays a node of the autograd graph (see ``CompiledRepresentation``).
+    uses_shared_gradient: bool = False
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__()

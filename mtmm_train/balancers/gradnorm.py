@@ -28,6 +28,8 @@ class GradNorm(Balancer):
         lr: learning rate of the weights.
     """
 
+    uses_shared_gradient = True  # the task gradients' norms at the shared representation
+
     def __init__(self, tasks: list[str], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(tasks)
         check_number("alpha", alpha)
