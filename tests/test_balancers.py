@@ -118,6 +118,23 @@ def test_bad_values_are_one_line_user_errors() -> None:
             build(cfg.balancer, "balancer", tasks=TASKS)
 
 
+class Beside(Tiny):
+    """Returns a copy of the trunk's output as ``shared``: a tensor beside the heads' input, not
+    before it (what a wholly compiled model hands back)."""
+
+    def forward(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        h = self.trunk(x)
+        return {t: head(h).squeeze(1) for t, head in self.heads.items()}, h * 1.0
+
+
+@pytest.mark.parametrize("name", ["upgrad", "gradnorm"])
+def test_a_shared_tensor_off_the_losses_path_is_an_error_not_zero_gradients(name: str) -> None:
+    x, ys = data()
+    with pytest.raises(UserError, match="no task loss depends on the shared tensor"):
+        step(Beside(), make(name), x, ys, all_labeled())
+    step(Tiny(), make(name), x, ys, {t: torch.zeros(32, dtype=torch.bool) for t in TASKS})  # unlabelled: fine
+
+
 # ---------------------------------------------------------------- the two spaces
 def test_representation_mode_weights_the_shared_gradient_and_leaves_heads_unweighted() -> None:
     torch.manual_seed(0)

@@ -126,6 +126,11 @@ def representation_gramian(losses: list[Tensor], shared: Tensor, scale: Tensor |
         Gramian ``(T, T)`` in float32 (computed outside autocast).
     """
     grads = [torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)[0] for loss in losses]
+    if all(g is None for g in grads) and any(loss.requires_grad for loss in losses):
+        # Unlabelled tasks still reach `shared` (their gradient is zero, not None): it is off the path.
+        raise UserError("no task loss depends on the shared tensor the model returned, so the balancer's task "
+                        "gradients would all be zero; an MTL architecture must return the last tensor every task "
+                        "reads (mtmm_train/mtl/base.py), computed before the heads, not beside them")
     with torch.autocast(shared.device.type, enabled=False):
         rows = torch.stack([torch.zeros_like(shared).flatten() if g is None else g.flatten() for g in grads]).float()
         unscaled = rows / scale
