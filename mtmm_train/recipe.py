@@ -45,21 +45,27 @@ AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, batch: Batch,
                   autocast: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
                   shared_params: list[nn.Parameter], step: int, loss_scale: float,
-                  gramian: bool = False, data_parallel: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+                  gramian: bool = False, share: Tensor | None = None, counts: Tensor | None = None,
+                  data_parallel: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Forward, per-task losses, and the balancer's backward for one (micro-)batch.
 
     Args:
+        loss_scale: a factor for every loss (``1 / accumulate_grad_batches``).
         gramian: also return the Gramian of the task gradients w.r.t. the shared representation
             (for logging their cosine similarities; costs a backward through the heads per task).
-        data_parallel: one of several processes (torchrun). Each task's loss is rescaled so
-            that the mean over processes (what DistributedDataParallel's gradient averaging
-            takes) is the mean over the global batch's labelled samples, as in one process with
-            the whole batch; the balancer sees labelled counts summed over processes, and
-            reduces what it derives weights from (``BalanceContext.reduce``).
+        share: ``(T,)`` factors for the task losses, from :meth:`TrainRecipe.accumulate`: the
+            loss of a micro-batch is the mean over its own labelled samples, and with its share
+            the gradients of an optimizer step add up to the mean over all of the step's
+            labelled samples (every micro-batch, every process), sparse labels included.
+        counts: ``(T,)`` labelled samples of each task in this micro-batch, summed over the
+            processes, for the balancer (None: counted here when a balancer asks).
+        data_parallel: one of several processes (torchrun): the balancer reduces what it
+            derives weights from (``BalanceContext.reduce``).
 
     Returns:
-        ``(losses, weights, gramian)``: detached ``(T,)`` tensors in task order, still on the
-        device, and the ``(T, T)`` Gramian or None.
+        ``(losses, weights, gramian)``: detached ``(T,)`` tensors in task order (the losses
+        times their share, without ``loss_scale``), still on the device, and the ``(T, T)``
+        Gramian or None.
     """
     with autocast:
         preds, shared = model(batch.inputs, batch.present)
@@ -67,17 +73,14 @@ def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, 
         if loss_scale != 1.0:
             losses = {t: loss * loss_scale for t, loss in losses.items()}
         amp = torch.is_autocast_enabled(shared.device.type)
-    if data_parallel:
-        local = torch.stack([batch.labeled[t].sum() for t in tasks]).float()
-        totals = distributed.total(local)  # a (T,) all-reduce per step; asynchronous on the GPU
-        world = distributed.info().world_size
-        share = local * world / totals.clamp_min(1)
+    if share is not None:
         losses = {t: losses[t] * share[i] for i, t in enumerate(tasks)}
-        counts = LabeledCounts(batch.labeled, dict(zip(tasks, totals.unbind(), strict=True)))
-        ctx = BalanceContext(shared, shared_params, counts, scaler, step, amp,
-                             reduce=distributed.mean, world_size=world)
+    labeled = LabeledCounts(batch.labeled, None if counts is None else dict(zip(tasks, counts.unbind(), strict=True)))
+    if data_parallel:
+        ctx = BalanceContext(shared, shared_params, labeled, scaler, step, amp, reduce=distributed.mean,
+                             world_size=distributed.info().world_size)
     else:
-        ctx = BalanceContext(shared, shared_params, LabeledCounts(batch.labeled), scaler, step, amp)
+        ctx = BalanceContext(shared, shared_params, labeled, scaler, step, amp)
     grams = task_gramian([losses[t] for t in tasks], ctx) if gramian else None  # before backward frees the graph
     weights = balancer.backward(losses, ctx)
     stacked = torch.stack([losses[t] for t in tasks]).detach()
@@ -352,19 +355,20 @@ class TrainRecipe:
             self.model.train()
             bar.set_description(f"epoch {self.epoch + 1}/{t.max_epochs}")
             start = self.batch_in_epoch
-            micro = 0
+            window: list[Batch] = []  # the micro-batches of one optimizer step
             for i, batch in enumerate(self.train_loader.epoch(self.epoch, start=start), start=start):
                 if i >= self.steps_per_epoch * t.accumulate_grad_batches:
                     break
-                self.micro_step(batch, sync=(micro + 1) % t.accumulate_grad_batches == 0)
-                micro += 1
-                if micro % t.accumulate_grad_batches:
+                window.append(batch)
+                if len(window) < t.accumulate_grad_batches:
                     continue
+                self.accumulate(window)
                 self.optimizer_step()
                 self.batch_in_epoch = i + 1
                 self.log_count += 1
                 self.weights_pending += 1
-                samples += batch.size * t.accumulate_grad_batches * self.dist.world_size
+                samples += sum(b.size for b in window) * self.dist.world_size
+                window = []
                 bar.update(1)
                 if self.step % lg.log_every_n_steps == 0 or self.step == self.total_steps:
                     # The only host synchronisation of the loop: one read every N steps.
@@ -385,13 +389,35 @@ class TrainRecipe:
         self.finish(time.perf_counter() - t_start, stopped_early)
         return float(self.best["value"])
 
-    def micro_step(self, batch: Batch, sync: bool = True) -> None:
+    def accumulate(self, window: list[Batch]) -> None:
+        """Forward and backward of the micro-batches of one optimizer step (``accumulate_grad_batches``
+        of them, under torchrun on every process).
+
+        Each task's gradient is that of the mean loss over all of the step's labelled samples,
+        exactly as in one process with one batch of them all: a micro-batch's mean loss is
+        weighted by its share of the labelled samples (with sparse labels, the micro-batches
+        and processes hold different numbers). One all-reduce of the ``(micro-batches, T)``
+        counts per step under torchrun; nothing at all with one micro-batch in one process.
+        """
+        acc, world = len(window), self.dist.world_size
+        if acc == 1 and world == 1:
+            self.micro_step(window[0])
+            return
+        local = torch.stack([torch.stack([b.labeled[t].sum() for t in self.tasks]) for b in window]).float()
+        counts = distributed.total(local)  # (acc, T) over the processes; asynchronous on the GPU
+        shares = local * (acc * world) / counts.sum(0).clamp_min(1)
+        for k, batch in enumerate(window):
+            self.micro_step(batch, sync=k == acc - 1, share=shares[k], counts=counts[k])
+
+    def micro_step(self, batch: Batch, sync: bool = True, share: Tensor | None = None,
+                   counts: Tensor | None = None) -> None:
         """Forward and backward of one (micro-)batch; its losses and weights are summed on the device.
 
         Args:
             sync: the last micro-batch before an optimizer step: under torchrun, gradients are
                 averaged across processes during its backward (DistributedDataParallel's hooks),
                 or after it when the balancer writes ``.grad`` itself.
+            share, counts: the micro-batch's loss factors and labelled counts (:meth:`accumulate`).
         """
         acc, every = self.trainer.accumulate_grad_batches, self.logger_cfg.log_every_n_steps
         cosine_every = self.logger_cfg.grad_cosine_every_n_steps
@@ -401,7 +427,8 @@ class TrainRecipe:
         with no_sync:
             losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
                                                      self.autocast, self.scaler, self.shared_params, self.step,
-                                                     1.0 / acc, gramian=logged, data_parallel=self.dist.distributed)
+                                                     1.0 / acc, gramian=logged, share=share, counts=counts,
+                                                     data_parallel=self.dist.distributed)
         if self.dist.distributed and sync:
             # Gradients DDP's hooks do not see: the balancer's own parameters, and all of them
             # when the balancer writes .grad itself (parameter-space aggregation).
@@ -410,9 +437,11 @@ class TrainRecipe:
                 distributed.average_gradients(list(self.model.parameters()))
         if self.trainer.nonfinite != "warn":
             self.check_finite(losses)
+        if acc > 1:  # the step's values: the mean over its micro-batches (the losses carry their shares)
+            losses, weights = losses / acc, weights / acc
         self.sums[0] += losses
         self.sums[1] += weights
-        self.step_weights[self.step % every] += weights if acc == 1 else weights / acc
+        self.step_weights[self.step % every] += weights
         if gramian is not None:
             self.gramian = gramian
 

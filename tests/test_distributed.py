@@ -48,14 +48,18 @@ def assert_same_metrics(a: dict[str, float], b: dict[str, float]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("balancer", [
-    ["balancer=gradnorm"],  # weights from the representation's Gramian, and state from loss values
-    ["balancer=upgrad", "balancer.mode=parameters"],  # writes .grad itself: averaged outside DDP's hooks
-], ids=["gradnorm", "upgrad-parameters"])
-def test_two_processes_match_one_process_with_the_global_batch(balancer: list[str], tmp_path: Path,
+@pytest.mark.parametrize(("balancer", "accumulate"), [
+    # weights from the representation's Gramian, and state from loss values
+    (["balancer=gradnorm"], 1),
+    # writes .grad itself (averaged outside DDP's hooks); two micro-batches per step, each
+    # weighted by the balancer on its own (so one process accumulates two as well)
+    (["balancer=upgrad", "balancer.mode=parameters"], 2),
+], ids=["gradnorm", "upgrad-parameters-accumulated"])
+def test_two_processes_match_one_process_with_the_global_batch(balancer: list[str], accumulate: int, tmp_path: Path,
                                                                one_thread: None) -> None:
+    batch = [f"trainer.batch_size={32 // accumulate}", f"trainer.accumulate_grad_batches={accumulate}"]
     logs = tmp_path / "logs"
-    done = run_cli([*TORCHRUN, *SMALL, *balancer, "trainer.batch_size=32", f"paths.log_dir={logs}"],
+    done = run_cli([*TORCHRUN, *SMALL, *balancer, *batch, f"paths.log_dir={logs}"],
                    cwd=tmp_path, module="", env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -71,7 +75,8 @@ def test_two_processes_match_one_process_with_the_global_batch(balancer: list[st
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
 
-    one = train(tmp_path / "one", [*SMALL, *balancer, "trainer.batch_size=64"], tiny=False)
+    one = train(tmp_path / "one", [*SMALL, *balancer, f"trainer.batch_size={64 // accumulate}",
+                                   f"trainer.accumulate_grad_batches={accumulate}"], tiny=False)
     assert_same_metrics(final_metrics(run), one.last_metrics)
 
 

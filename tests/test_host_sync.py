@@ -118,7 +118,8 @@ class HostReads(TorchFunctionMode):
 
 def reads_per_step(tmp_path: Path, overrides: list[str], monkeypatch: pytest.MonkeyPatch,
                    steps: int = 2) -> tuple[dict[tuple[str, str], float], TrainRecipe]:
-    """Host reads of device tensors per optimizer step of the real loop's step functions, and the recipe."""
+    """Host reads of device tensors per optimizer step of the loop's step functions (``accumulate``,
+    ``optimizer_step``), and the recipe."""
     cfg = compose_cfg(["trainer.batch_size=16", "dataset.num_train=128", "dataset.num_val=32", "dataset.num_test=16",
                        "logger.progress_bar=false", "logger.log_every_n_steps=1000"] + overrides)
     recipe = TrainRecipe(cfg, tmp_path)
@@ -126,8 +127,7 @@ def reads_per_step(tmp_path: Path, overrides: list[str], monkeypatch: pytest.Mon
     acc = recipe.trainer.accumulate_grad_batches
 
     def step() -> None:
-        for i in range(acc):
-            recipe.micro_step(next(batches), sync=i == acc - 1)
+        recipe.accumulate([next(batches) for _ in range(acc)])
         recipe.optimizer_step()
 
     batches = recipe.train_loader.epoch(0)
