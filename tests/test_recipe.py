@@ -165,9 +165,13 @@ def test_compile(mode: str, tmp_path: Path) -> None:
     assert math.isfinite(recipe.best["value"])
 
 
-def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_result(tmp_path: Path,
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_result(accumulate: int, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    overrides = ["trainer.max_epochs=3"]
+    # 3 optimizer steps per epoch either way; with 2 micro-batches a step, the resumed epoch
+    # must start at a step's first micro-batch.
+    overrides = ["trainer.max_epochs=3", f"trainer.accumulate_grad_batches={accumulate}",
+                 f"trainer.limit_train_batches={3 * accumulate}"]
     full = train(tmp_path / "full", overrides)
 
     original_step = TrainRecipe.optimizer_step
