@@ -232,6 +232,12 @@ class TrainRecipe:
         self.batches_per_epoch = len(self.train_loader)
         if t.limit_train_batches is not None:
             self.batches_per_epoch = min(self.batches_per_epoch, t.limit_train_batches)
+        if self.batches_per_epoch < t.accumulate_grad_batches:  # else no epoch would take a step
+            limit = f", trainer.limit_train_batches={t.limit_train_batches}" if t.limit_train_batches else ""
+            raise UserError(f"an epoch has {self.batches_per_epoch} training batch(es) ({len(self.splits['train'])} "
+                            f"samples, trainer.batch_size={t.batch_size}{limit}), fewer than the "
+                            f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} of one optimizer step; "
+                            "lower trainer.accumulate_grad_batches or trainer.batch_size")
         self.steps_per_epoch = max(1, self.batches_per_epoch // t.accumulate_grad_batches)
         self.total_steps = self.steps_per_epoch * t.max_epochs
         opt_factory = build(cfg.optimizer, "optimizer")

@@ -330,6 +330,9 @@ CASES = [
     Case("bad_device", "config", r"trainer\.device 'tpu:x' is not a device; use auto, cpu", ["trainer.device=tpu:x"]),
     Case("bad_nonfinite_policy", "config", r"trainer\.nonfinite must be one of warn, skip, stop, found 'maybe'",
          ["trainer.nonfinite=maybe"]),
+    Case("accumulation_longer_than_an_epoch", "config", r"an epoch has 2 training batch\(es\) \(64 samples, "
+         r"trainer\.batch_size=32[^)]*\), fewer than the trainer\.accumulate_grad_batches=4 of one optimizer step",
+         ["dataset.num_train=64", "trainer.batch_size=32", "trainer.accumulate_grad_batches=4"]),
     Case("zero_log_interval", "config", r"logger\.log_every_n_steps must be >= 1, found 0",
          ["logger.log_every_n_steps=0"]),
     Case("monitor_not_computed", "config", r"trainer\.monitor is 'val/loss/nope', which this run does not compute; "
