@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmm_train.model import CompiledRepresentation
 from mtmm_train.recipe import TrainRecipe
@@ -25,8 +26,6 @@ def parameters(recipe: TrainRecipe) -> torch.Tensor:
 
 
 def scalar_tags(run: Path) -> set[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     return set(acc.Tags()["scalars"])

@@ -39,6 +39,8 @@ class GradientAggregation(Balancer):
         mode: ``representation`` or ``parameters``.
     """
 
+    uses_shared_gradient = True  # the Jacobian's rows, or torchjd's cut between shared and task parts
+
     def __init__(self, tasks: list[str], mode: str = "representation") -> None:
         super().__init__(tasks)
         if mode not in MODES:
@@ -47,7 +49,6 @@ class GradientAggregation(Balancer):
         self.mode = mode
         # Parameter space: torchjd and this class write the shared parameters' .grad themselves.
         self.writes_grads_directly = mode == "parameters"
-        self.uses_shared_gradient = True  # the Jacobian's rows, or torchjd's cut between shared and task parts
 
     def weights(self, gramian: Tensor) -> Tensor:
         """The method: weights ``(m,)`` from a float64 CPU Gramian ``(m, m)`` of ``m >= 1`` tasks."""
