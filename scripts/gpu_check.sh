@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (scarce device time), in order of priority, each stage started only
-# while the time budget lasts (BUDGET_S, default 480 s: a session has 15 device minutes, start
-# included):
+# Every GPU check in one run, in order of priority, each stage started only while the time
+# budget lasts (BUDGET_S, default 480 s, start-up included):
 #   1. target: recipe vs hand loop, reference_large in bf16 + compile (the 4,400 samples/s goal)
 #   2. the tests marked gpu (mixed precision, compile, CUDA graphs, no host sync in the step,
 #      a GPU checkpoint resumed on the CPU)
@@ -13,8 +12,8 @@
 #      compile ablation
 # Writes JSON and logs under $OUT; prints one table of every benchmark row last (rows of a stage
 # cut by the budget are kept: the benchmark prints each row as it finishes).
-#   On the device machine (no network, no Hydra): carry .whl/ (../shared/device/fetch-wheels.sh
-#   ; the image has pytest) and run: bash scripts/gpu_check.sh
+#   On a GPU machine without network access or Hydra: copy wheels of the missing dependencies
+#   into .whl/ (installed with --no-deps; pytest must already be there), then: bash scripts/gpu_check.sh
 # Environment: BUDGET_S, ROUNDS (5), STEPS (10), ROUND_SECONDS (0.6).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}

@@ -16,7 +16,7 @@ from pathlib import Path
 import bench_ablations
 from benchmark import MODES, print_table
 
-TARGET_SAMPLES_S = 4400.0  # reference_large, bf16 + compile, on an H100 (the goal)
+TARGET_SAMPLES_S = 4400.0  # reference_large, bf16 + compile, on an H100 (the project's target)
 MIN_RATIO = 0.95
 
 

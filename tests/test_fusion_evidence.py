@@ -3,7 +3,7 @@
 ``match`` (is the image's class the audio's class?) carries no information in either
 modality alone. A model of one modality must stay at chance; concat+MLP, tensor, low-rank
 and attention fusion of image and audio must beat the best of them by a clear margin.
-Margins measured with seeds 0, 1, 2 (test AUROC): see the README's fusion chapter.
+Margins measured with seeds 0, 1, 2 (test AUROC): see docs/fusion.md.
 """
 
 from __future__ import annotations

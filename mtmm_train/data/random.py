@@ -1,7 +1,8 @@
-"""Random tensors shaped like the GPU reference model's inputs (for benchmarks, not learning).
+"""Random tensors shaped like the reference models' inputs (for benchmarks, not learning).
 
-The shapes follow ``shared/device/reference_step.py``: an RGB image, a token sequence and a
-feature vector; tasks: 10-class, binary and regression targets, all drawn independently.
+The reference models (``experiment=reference_small``, ``experiment=reference_large``) read an RGB
+image, a token sequence and a feature vector; tasks: 10-class, binary and regression targets,
+all drawn independently.
 """
 
 from __future__ import annotations
