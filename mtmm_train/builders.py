@@ -1,61 +1,126 @@
-"""Build components from config nodes with ``_target_``, turning failures into one-line errors."""
+"""A run's parts from its config: the torch settings, the device, the data, the tasks, the model and the
+balancer. Training (:class:`~mtmm_train.recipe.TrainRecipe`), ``mtmm-eval`` and the benchmarks all
+build through these functions, so none of them reaches into another.
+
+Each function builds one part in dependency order (data -> tasks -> model -> balancer) and fails with
+a one-line :class:`~mtmm_train.errors.UserError` on a bad config. One config component is built by
+:func:`mtmm_train.instantiate.build`, which these functions call with the sizes known at run time.
+"""
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+import os
+import random
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtmm_train.balancers.base import Balancer
+from mtmm_train.config import TrainerConfig, check_names
+from mtmm_train.data import MultiModalData
 from mtmm_train.errors import UserError
+from mtmm_train.instantiate import build
+from mtmm_train.model import MultiModalModel
+from mtmm_train.tasks import TASK_TYPES, Task
+
+AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build(node: DictConfig, key: str, **runtime: Any) -> Any:
-    """``instantiate(node)`` called with ``runtime``, the sizes and objects known only at run time.
+# ---------------------------------------------------------------------- torch and the device
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (CPU and CUDA)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
 
-    A node with ``_partial_: true`` (optimizer, scheduler) returns the partial, with
-    ``runtime`` bound; calling it raises :class:`UserError` as well.
 
-    Args:
-        node: the config node (holds ``_target_`` and the constructor's arguments).
-        key: where the node sits in the config, for error messages (e.g. ``fusion``).
-        runtime: constructor arguments the recipe supplies (``in_dims``, ``tasks``, ...).
+def configure_torch(t: TrainerConfig) -> None:
+    """Process-wide numerics of ``trainer``: matmul precision, cuDNN autotuning, determinism."""
+    # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
+    torch.set_float32_matmul_precision(t.float32_matmul_precision)
+    torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
+    # Batches keep their shapes (drop_last), so timing cuDNN's algorithms once per shape pays.
+    torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device is '{name}' but no CUDA device is available; use trainer.device=auto")
+    return device
+
+
+def autocast_for(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of ``trainer.precision`` (disabled for ``32``)."""
+    dtype = AMP_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+# ---------------------------------------------------------------------- data, tasks, model, balancer
+def build_data(cfg: DictConfig) -> MultiModalData:
+    """The dataset, reduced to the modalities and tasks the run uses (splits in host memory).
+
+    The dataset decides which modalities and tasks exist; ``model.encoders``, ``model.heads``,
+    ``modalities`` and ``tasks`` must match them.
 
     Raises:
-        UserError: the node has no ``_target_``, the target is not importable, an argument is
-            unknown or of the wrong type, or the constructor refused a value.
+        UserError: a modality without an encoder, a head for a task the data lacks, an empty
+            ``train`` or ``val`` split, ...
     """
-    if not isinstance(node, DictConfig) or "_target_" not in node:
-        found = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
-        raise UserError(f"{key} must be a config with a _target_, found {found!r}")
-    clash = [k for k in runtime if k in node]
-    if clash:
-        raise UserError(f"{key}.{clash[0]} is set by the recipe at run time; remove it from the config")
-    # Runtime objects are bound after instantiation: passed through instantiate, a dataclass
-    # such as ModalitySpec would be converted into a dict.
-    try:
-        factory = instantiate(node, _convert_="all", _partial_=True)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        raise UserError(f"{key} (_target_ {node._target_}) could not be built: {_one_line(cause)}") from None
-    if node.get("_partial_", False):
-        return functools.partial(_call, factory, key, node._target_, **runtime)
-    return _call(factory, key, node._target_, **runtime)
+    data: MultiModalData = build(cfg.dataset, "dataset")
+    modalities = check_names("modality", "model.encoders", list(cfg.model.encoders), list(data.modalities),
+                             names_setting(cfg, "modalities"), "modalities")
+    tasks = check_names("task", "model.heads", list(cfg.model.heads), list(data.tasks),
+                        names_setting(cfg, "tasks"), "tasks")
+    data = data.select(modalities, tasks)
+    for name in ("train", "val"):
+        if name not in data.splits or len(data.splits[name]) == 0:
+            raise UserError(f"dataset has an empty '{name}' split; give it samples")
+    return data
 
 
-def _call(factory: Any, key: str, target: str, *args: Any, **kwargs: Any) -> Any:
-    # A partial (optimizer, scheduler) is called later by the recipe: its bad settings
-    # (optimizer.lr=-1, betas=[0.9]) must fail there as one line too.
-    try:
-        return factory(*args, **kwargs)
-    except UserError:
-        raise
-    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as e:
-        raise UserError(f"{key} (_target_ {target}) could not be built: {_one_line(e)}; check the settings "
-                        f"under {key}") from None
+def build_tasks(data: MultiModalData) -> dict[str, Task]:
+    """One :class:`~mtmm_train.tasks.Task` (loss and metrics) per task of ``data``, by its kind."""
+    return {name: TASK_TYPES[spec.kind](spec) for name, spec in data.tasks.items()}
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
+def build_model(cfg: DictConfig, data: MultiModalData, tasks: dict[str, Task]) -> MultiModalModel:
+    """Encoders -> fusion -> MTL architecture -> heads, each one's input size taken from the one before.
+
+    Returns:
+        The model on the CPU (the caller moves it).
+    """
+    encoders = {m: build(cfg.model.encoders[m], f"model.encoders.{m}", modality=spec)
+                for m, spec in data.modalities.items()}
+    fusion = build(cfg.fusion, "fusion", in_dims={m: e.out_dim for m, e in encoders.items()})
+    mtl = build(cfg.mtl, "mtl", in_dim=fusion.out_dim, tasks=list(tasks))
+    heads = {t: build(cfg.model.heads[t], f"model.heads.{t}", in_dim=mtl.out_dim, out_dim=task.out_dim)
+             for t, task in tasks.items()}
+    extra = {k: cfg.model[k] for k in ("missing", "modality_dropout") if k in cfg.model}
+    return MultiModalModel(encoders, fusion, mtl, heads, **extra)
+
+
+def build_balancer(cfg: DictConfig, tasks: list[str]) -> Balancer:
+    """The task balancer (loss weighting or gradient aggregation) for ``tasks``, on the CPU."""
+    return build(cfg.balancer, "balancer", tasks=tasks)
+
+
+# ---------------------------------------------------------------------- top-level settings
+def names_setting(cfg: DictConfig, key: str) -> list[str] | None:
+    """A top-level list of names (``tasks``, ``modalities``); None: all."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not OmegaConf.is_list(value):
+        raise UserError(f"{key} must be a list of names or null, found {value!r}")
+    return [str(v) for v in value]

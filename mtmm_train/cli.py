@@ -9,26 +9,46 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mtmm_train import distributed
+from mtmm_train import distributed, fileio, runlock
+from mtmm_train.config import Refused, remove_created_run_folder
 from mtmm_train.errors import UserError
-from mtmm_train.recipe import Preempted, TrainRecipe
+from mtmm_train.recipe import NoFiniteMonitor, Preempted, TrainRecipe
 
 log = logging.getLogger("mtmm_train")
 
+EXIT_FAULT = 1  # the filesystem failed during the run (disk full, mount gone read-only): one line, no traceback
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3  # stopped by SIGTERM/SIGINT/SIGUSR2 with a checkpoint: requeue with trainer.resume=auto
+EXIT_NO_RESULT = 1  # trained, but trainer.monitor was never finite (diverged): no best epoch
 
 
 def run(cfg: DictConfig) -> float:
-    """Train as ``cfg`` says; return the best value of the monitored metric."""
+    """Train as ``cfg`` says; return the best value of the monitored metric.
+
+    Before anything is built, the run folder is locked (one run per folder: :mod:`mtmm_train.runlock`)
+    and every output folder checked (:func:`mtmm_train.fileio.check_run_outputs`).
+    """
     output_dir = HydraConfig.get().runtime.output_dir
     if distributed.info().rank > 0:
         quiet_console()
-    recipe = TrainRecipe(cfg, output_dir)
-    recipe.setup()
-    return recipe.train()
+    with runlock.claim(output_dir, "hydra.run.dir", check=lambda: check_outputs(cfg, output_dir)):
+        recipe = TrainRecipe(cfg, output_dir)
+        recipe.setup()
+        return recipe.train()
+
+
+def check_outputs(cfg: DictConfig, output_dir: str) -> None:
+    """The run's output folders and the dataset cache folder, checked before any training."""
+    def setting(key: str, default: object = None) -> object:
+        value = OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
+        return default if value is None else value
+
+    cache = setting("dataset.cache", True) is not False
+    fileio.check_run_outputs(output_dir, tensorboard=bool(setting("logger.tensorboard", True)),
+                             cache_dir=str(setting("dataset.cache_dir")) if cache and setting("dataset.cache_dir")
+                             else None)
 
 
 def quiet_console() -> None:
@@ -43,12 +63,31 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except UserError as e:
-        # A user mistake: one line, no traceback, a distinct exit status.
+        # A user mistake: one line, no traceback, a distinct exit status; and no run folder left behind.
+        remove_created_run_folder(HydraConfig.get().runtime.output_dir)
         print(f"mtmm-train: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except Preempted as e:
         print(f"mtmm-train: {e}", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except NoFiniteMonitor as e:
+        print(f"mtmm-train: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_NO_RESULT)
+    except Exception as e:
+        fault = fileio.fault_in(e)
+        if fault is None:
+            global _task_error
+            _task_error = e  # not Hydra's: main() leaves it alone
+            raise
+        # The disk filled up or went read-only mid-run: every file is written atomically, so
+        # what was written before is intact (checkpoint.save replaces last.pt only when complete).
+        print(f"mtmm-train: error: cannot write {fileio.explain(fault, runlock.last_folder())}; the files written "
+              "before are intact: make room (or fix the mount), then continue with trainer.resume=auto in the same "
+              "hydra.run.dir", file=sys.stderr)
+        sys.exit(EXIT_FAULT)
+
+
+_task_error: BaseException | None = None  # the last error of the training itself (main() tells it from Hydra's)
 
 
 def main() -> None:
@@ -59,10 +98,26 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         _hydra_main()
+    except runlock.FolderRefused as e:  # the run (or sweep) folder is another run's, or unusable
+        print(f"mtmm-train: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Refused as e:  # a job of a sweep has a bad setting (mtmm_train.config.SweepCheck): none ran
+        print(f"mtmm-train: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     except (ConfigCompositionException, OverrideParseException) as e:
         print(f"mtmm-train: error: {hydra_error_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except Exception as e:
+        # Hydra's own writes (the run folder, .hydra/, the log file) failed: with a primary config
+        # without the run-folder callback, or a sweep's job folder.
+        fault = fileio.os_error_in(e)
+        if e is _task_error or fault is None or fault.errno not in fileio.FAULT_ERRNOS:
+            raise
+        print(f"mtmm-train: error: cannot write {fileio.explain(fault, runlock.last_folder())}; pass "
+              "hydra.run.dir=<a writable folder> (hydra.sweep.dir with -m)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     finally:
+        runlock.release_all()
         distributed.shutdown()
 
 

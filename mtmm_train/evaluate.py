@@ -2,9 +2,9 @@
 
     mtmm-eval checkpoint=logs/runs/<time>/checkpoints/best.pt [split=test] [noise=[0.5,1]]
 
-The model is rebuilt by :class:`~mtmm_train.recipe.TrainRecipe` from the config stored in the
-checkpoint (so the data and its splits are regenerated exactly), and evaluated with the
-recipe's own :meth:`~mtmm_train.recipe.TrainRecipe.evaluate`. Results go to
+The data and the model are rebuilt by :mod:`mtmm_train.builders` from the config stored in the
+checkpoint (so the data and its splits are regenerated exactly; :func:`load_run`), and evaluated
+with :func:`mtmm_train.evaluation.evaluate`, the function training evaluates with. Results go to
 ``<run dir>/eval/<checkpoint name>/``: ``robustness.json``, ``robustness.md`` (the tables)
 and ``robustness.png`` (metric against corruption level, per task and corruption).
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib.resources
 import itertools
-import json
 import logging
 import math
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -26,12 +26,15 @@ import hydra
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mtmm_train import builders, evaluation, fileio, runlock
 from mtmm_train import checkpoint as ckpt
-from mtmm_train.data import TensorSplit
+from mtmm_train.config import TrainerConfig, check_seed, override_error_line, remove_created_run_folder, typed
+from mtmm_train.data import MultiModalData, TensorSplit
 from mtmm_train.errors import UserError, check
-from mtmm_train.recipe import TrainRecipe
+from mtmm_train.tasks import Task
 
 log = logging.getLogger("mtmm_train")
 
@@ -58,7 +61,8 @@ class EvalConfig:
         seed: seed of the corruption draws.
         plot: write ``robustness.png`` (needs matplotlib: ``pip install 'mtmm-train[plot]'``).
         allow_foreign_targets: rebuild the model even if the config stored in the checkpoint
-            names ``_target_`` callables outside mtmm_train and torch.optim (trusted files only).
+            names ``_target_`` callables other than mtmm-train's own components, in their places
+            (:mod:`mtmm_train.registry`), or holds ``_args_`` or interpolations (trusted files only).
     """
 
     checkpoint: str = MISSING
@@ -83,35 +87,80 @@ def eval_dir(checkpoint: str | None) -> str:
     return str(run_dir / "eval" / path.stem)
 
 
-def load_recipe(path: str | Path, device: str, batch_size: int | None, output_dir: Path,
-                allow_foreign_targets: bool = False) -> TrainRecipe:
-    """Rebuild the run of a checkpoint (data, model) with its stored config, and load the weights.
+@dataclass
+class CheckpointRun:
+    """A trained model rebuilt from its checkpoint, with the data and tasks it was trained on.
+
+    Attributes:
+        config: the checkpoint's stored config (today's trainer defaults filled in).
+        data: the data, rebuilt from the stored config (fingerprint checked).
+        splits: its splits on the device.
+        tasks: task name -> task (loss and metrics).
+        model: the model with the checkpoint's weights, in eval mode, on the device.
+        autocast: the precision the run trained in.
+        batch_size: the evaluation batch size.
+    """
+
+    config: DictConfig
+    data: MultiModalData
+    splits: dict[str, TensorSplit]
+    tasks: dict[str, Task]
+    model: torch.nn.Module
+    autocast: torch.autocast
+    batch_size: int
+
+    def evaluate(self, split: TensorSplit) -> dict[str, float]:
+        """Losses and metrics over ``split``, keyed ``loss/total``, ``<task>/<metric>``, ...
+        (:func:`mtmm_train.evaluation.evaluate`, the function training evaluates with)."""
+        out = evaluation.evaluate(self.model, self.tasks, split, self.batch_size, prefix="eval", autocast=self.autocast)
+        return {k.split("/", 1)[1]: v for k, v in out.items()}
+
+
+def load_run(path: str | Path, device: str = "auto", batch_size: int | None = None,
+             allow_foreign_targets: bool = False) -> CheckpointRun:
+    """Rebuild the data and the model of a checkpoint from its stored config, and load the weights.
+
+    Args:
+        path: the checkpoint (``best.pt`` or ``last.pt``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: the evaluation batch size; None: the stored ``trainer.eval_batch_size``.
+        allow_foreign_targets: build ``_target_`` callables outside mtmm-train's own components.
 
     Raises:
-        UserError: the file is missing or not a checkpoint, or its weights do not fit its config.
+        UserError: the file is missing or not a checkpoint, its config names foreign components,
+            its data changed since training, or its weights do not fit its config.
     """
+    if Path(path).is_dir():
+        found = next((p for p in (Path(path) / "checkpoints" / "best.pt", Path(path) / "best.pt") if p.is_file()),
+                     Path(path) / "checkpoints" / "best.pt")
+        raise UserError(f"checkpoint='{path}' is a directory; give a file, e.g. checkpoint={found}")
     check(Path(path).is_file(), f"checkpoint='{path}' is not a file; pass one that mtmm-train wrote, e.g. "
                                 "checkpoint=logs/runs/<time>/checkpoints/best.pt")
-    state = ckpt.load(path)  # weights_only=True
-    ckpt.check_targets(state["config"], f"checkpoint '{path}'", allow_foreign_targets)
+    # weights_only=True, and the stored config checked before anything is built from it: only
+    # mtmm-train's own components (mtmm_train.registry), unless allow_foreign_targets=true.
+    state = ckpt.load(path, allow_foreign_targets)
     cfg = OmegaConf.create(state["config"])
-    # Trainer and logger settings added since the checkpoint was written take today's defaults.
-    configs = importlib.resources.files("mtmm_train.configs")
-    for key, group, name in (("trainer", "trainer", "default.yaml"), ("logger", "logger", "none.yaml")):
-        cfg[key] = OmegaConf.merge(OmegaConf.create((configs / group / name).read_text()), cfg.get(key) or {})
-    # Evaluation only: no resume, no TensorBoard files, no compile, the device asked for now.
-    cfg.trainer.merge_with({"device": device, "resume": None, "compile": False})
-    cfg.logger.merge_with({"tensorboard": False, "progress_bar": False})
-    if batch_size is not None:
-        cfg.trainer.eval_batch_size = batch_size
-    recipe = TrainRecipe(cfg, output_dir)
-    recipe.setup()
+    # Trainer settings added since the checkpoint was written take today's defaults.
+    defaults = importlib.resources.files("mtmm_train.configs") / "trainer" / "default.yaml"
+    cfg.trainer = OmegaConf.merge(OmegaConf.create(defaults.read_text()), cfg.get("trainer") or {})
+    trainer: TrainerConfig = typed(cfg, "trainer", TrainerConfig)
+    builders.seed_everything(check_seed(cfg.get("seed")))  # as in training: the data is drawn the same
+    dev = builders.pick_device(device)
+    data = builders.build_data(cfg)
+    # The data is rebuilt from the stored config: refuse when it is no longer what the model
+    # was trained on (e.g. the manifest was edited: classes renamed, targets rescaled).
+    ckpt.check_fingerprint(state.get("data_fingerprint"), ckpt.data_fingerprint(data), f"checkpoint '{path}'",
+                           "the data its stored config names has changed since training; evaluate it on that data "
+                           "as it was, or train a new model")
+    tasks = builders.build_tasks(data)
+    model = builders.build_model(cfg, data, tasks)
     try:
-        recipe.model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UserError(f"checkpoint '{path}' does not fit the config stored in it "
                         f"({str(e).splitlines()[0]}); was it written by this version of mtmm-train?") from None
-    return recipe
+    return CheckpointRun(cfg, data, {k: s.to(dev) for k, s in data.splits.items()}, tasks, model.to(dev).eval(),
+                         builders.autocast_for(trainer.precision, dev), batch_size or trainer.eval_batch_size)
 
 
 def corrupt(split: TensorSplit, modality: str, kind: str, level: float, draws: dict[str, torch.Tensor]) -> TensorSplit:
@@ -180,14 +229,11 @@ def evaluate_checkpoint(cfg: EvalConfig, output_dir: Path) -> dict[str, Any]:
         bad = [v for v in getattr(cfg, kind) if not (v > 0 and (kind == "noise" or v <= 1))]
         check(not bad, f"{kind} levels must be {'> 0' if kind == 'noise' else 'in (0, 1]'}, found {bad[:1]}")
     output_dir.mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe(cfg.checkpoint, cfg.device, cfg.batch_size, output_dir, cfg.allow_foreign_targets)
-    check(cfg.split in recipe.splits, f"split is '{cfg.split}', which the data lacks; use one of {list(recipe.splits)}")
-    data, modalities = recipe.splits[cfg.split], list(recipe.data.modalities)
-    primary = {t: f"{t}/{PRIMARY_METRIC[task.spec.kind]}" for t, task in recipe.tasks.items()}
-
-    def metrics(split: TensorSplit) -> dict[str, float]:
-        recipe.splits["mtmm-eval"] = split  # the recipe's own evaluation, on a modified split
-        return {k.split("/", 1)[1]: v for k, v in recipe.evaluate("mtmm-eval").items()}
+    run = load_run(cfg.checkpoint, cfg.device, cfg.batch_size, cfg.allow_foreign_targets)
+    check(cfg.split in run.splits, f"split is '{cfg.split}', which the data lacks; use one of {list(run.splits)}")
+    data, modalities = run.splits[cfg.split], list(run.data.modalities)
+    primary = {t: f"{t}/{PRIMARY_METRIC[task.spec.kind]}" for t, task in run.tasks.items()}
+    metrics = run.evaluate  # the function training evaluates with, on clean or modified splits
 
     clean = metrics(data)
     subsets = [{"modalities": list(s), "metrics": metrics(keep_only(data, s))}
@@ -196,7 +242,7 @@ def evaluate_checkpoint(cfg: EvalConfig, output_dir: Path) -> dict[str, Any]:
     corruptions = []
     gen = torch.Generator().manual_seed(cfg.seed)
     for m in modalities:
-        draws = random_draws(data.inputs[m], recipe.data.modalities[m].vocab_size, gen)
+        draws = random_draws(data.inputs[m], run.data.modalities[m].vocab_size, gen)
         for kind in (k for k in CORRUPTIONS if getattr(cfg, k)):
             levels = sorted(getattr(cfg, kind))
             runs = [metrics(corrupt(data, m, kind, level, draws)) for level in levels]
@@ -246,9 +292,9 @@ def format_tables(result: dict[str, Any]) -> str:
 
 def write_outputs(result: dict[str, Any], output_dir: Path, plot: bool) -> None:
     """``robustness.json``, ``robustness.md`` and (if ``plot``) ``robustness.png`` in ``output_dir``."""
-    (output_dir / "robustness.json").write_text(json.dumps(result, indent=2, allow_nan=True))
+    fileio.write_json(output_dir / "robustness.json", result)  # atomic: a full disk keeps the earlier file
     table = format_tables(result)
-    (output_dir / "robustness.md").write_text(table)
+    fileio.write_text(output_dir / "robustness.md", table)
     log.info("robustness of %s\n%s", result["checkpoint"], table)
     if plot:
         plot_curves(result, output_dir / "robustness.png")
@@ -282,15 +328,24 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
             ax.set_xlabel("noise std" if kind == "noise" else "fraction of samples")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fileio.save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 OmegaConf.register_new_resolver("mtmm_eval_dir", eval_dir, replace=True)
 ConfigStore.instance().store(name="mtmm_eval_schema", node=EvalConfig)
 ConfigStore.instance().store(name="mtmm_eval", node={
     "defaults": ["mtmm_eval_schema", "_self_"],
-    "hydra": {"job": {"name": "mtmm-eval"}, "run": {"dir": "${mtmm_eval_dir:${oc.select:checkpoint,null}}"}},
+    "hydra": {"job": {"name": "mtmm-eval"}, "run": {"dir": "${mtmm_eval_dir:${oc.select:checkpoint,null}}"},
+              # The output folder is checked and locked before Hydra writes into it (not the run's folder:
+              # a checkpoint can be evaluated while its run trains on).
+              # new_folders first: a refused evaluation removes the folders it created (mtmm_train.config).
+              "callbacks": {"new_folders": {"_target_": "mtmm_train.config.NewFolders"},
+                            "run_folder": {"_target_": "mtmm_train.runlock.RunFolderCallback",
+                                           "hint": " for the results (by default they go next to the checkpoint, "
+                                                   "into <run folder>/eval/<checkpoint name>)"}}},
 })
 
 
@@ -299,15 +354,40 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "checkpoint"):
             raise UserError("checkpoint is required: mtmm-eval checkpoint=logs/runs/<time>/checkpoints/best.pt")
+        extra = [k for k in cfg if k not in EvalConfig.__dataclass_fields__]  # added with +key=value
+        if extra:
+            raise UserError(f"unknown setting '{extra[0]}'; the settings are "
+                            f"{', '.join(EvalConfig.__dataclass_fields__)}")
         evaluate_checkpoint(OmegaConf.to_object(cfg), Path(HydraConfig.get().runtime.output_dir))
     except UserError as e:
+        remove_created_run_folder(HydraConfig.get().runtime.output_dir)  # nothing left behind when refused
         print(f"mtmm-eval: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        fault = fileio.fault_in(e)  # the disk filled up (or went read-only) while writing the results
+        if fault is None:
+            raise
+        print(f"mtmm-eval: error: cannot write {fileio.explain(fault)}; the files there from before are intact: "
+              "make room, or pass hydra.run.dir=<another folder> for the results", file=sys.stderr)
+        sys.exit(1)
 
 
 def main() -> None:
     """Console-script entry point."""
-    _hydra_main()
+    # Hydra re-raises its own errors (an unknown setting, a value of the wrong type) to print them on one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        _hydra_main()
+    except runlock.FolderRefused as e:  # the output folder is in use by another evaluation, or not writable
+        print(f"mtmm-eval: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (ConfigCompositionException, OverrideParseException) as e:
+        from mtmm_train.cli import hydra_error_line
+
+        print(f"mtmm-eval: error: {override_error_line(e, EvalConfig) or hydra_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        runlock.release_all()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from mtmm_train.encoders.base import Encoder
 from mtmm_train.errors import check
-from mtmm_train.fusion.base import Fusion
+from mtmm_train.fusion.base import DecisionFusion, Fusion
 from mtmm_train.mtl.base import MTLArchitecture
 
 MISSING_POLICIES = ("ignore", "learned")
@@ -21,8 +21,9 @@ class MultiModalModel(nn.Module):
     Args:
         encoders: modality -> encoder.
         fusion: fuses the encoders' outputs (pooled, or tokens if ``fusion.wants_tokens``).
-            A late fusion (``fusion.decides``) instead gets the MTL architecture applied to
-            each modality alone, a copy of each head per modality, and combines the decisions.
+            A decision-level fusion (:class:`~mtmm_train.fusion.base.DecisionFusion`, late
+            fusion) instead gets the MTL architecture applied to each modality alone, a copy of
+            each head per modality, and combines the decisions.
         mtl: the multi-task architecture on the fused representation.
         heads: task -> head on the task's features.
         missing: ``"ignore"``: fusion skips absent modalities (by the masks);
@@ -41,7 +42,7 @@ class MultiModalModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.mtl = mtl
-        if fusion.decides:
+        if isinstance(fusion, DecisionFusion):
             # A head per modality per task, each freshly initialised.
             fusion.add_tasks(list(heads))
             heads = {t: nn.ModuleDict({m: _fresh_copy(h) for m in encoders}) for t, h in heads.items()}
@@ -102,14 +103,15 @@ class MultiModalModel(nn.Module):
 
     def predict(self, z: Tensor, present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
         """The MTL architecture and the heads on the fused ``z``: ``(preds, shared)``."""
-        if self.fusion.decides:
+        if isinstance(self.fusion, DecisionFusion):
             return self.decide_per_modality(z, present)
         features, shared = self.mtl(z)
         preds = {t: head(features[t]) for t, head in self.heads.items()}
         return preds, shared
 
     def decide_per_modality(self, z: Tensor, present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
-        """Late fusion: the MTL architecture and per-modality heads on each modality, then combine.
+        """Decision-level fusion: the MTL architecture and per-modality heads on each modality, then
+        :meth:`DecisionFusion.combine <mtmm_train.fusion.base.DecisionFusion.combine>`.
 
         Args:
             z: per-modality representations ``(B, M, D)``.

@@ -1,19 +1,17 @@
-"""The training recipe: ``setup()`` builds everything, ``train()`` loops, ``evaluate()`` measures.
+"""The training recipe: ``setup()`` builds the run, ``train()`` loops, ``evaluate()`` measures.
 
-Read top to bottom. The step itself (forward, losses, balancer) is :func:`training_step`;
-the optimizer update is :meth:`TrainRecipe.optimizer_step`.
+Read top to bottom. One optimizer step is :meth:`TrainRecipe.train_step`: the forward and backward of
+its micro-batches (:func:`training_step`, the step itself: forward, losses, balancer), the update
+(:meth:`TrainRecipe.optimizer_step`) and the step's log on the device. The parts of the run come from
+:mod:`mtmm_train.builders`, the evaluation from :mod:`mtmm_train.evaluation`, the training log's state
+from :class:`~mtmm_train.training_log.TrainingLog`, preemption from :mod:`mtmm_train.signals`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
-import random
-import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,32 +23,53 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mtmm_train import checkpoint, distributed
+from mtmm_train import builders, checkpoint, distributed, evaluation, fileio
 from mtmm_train.balancers.base import BalanceContext, Balancer, cosine_scalars, task_gramian
 from mtmm_train.batch import Batch
-from mtmm_train.builders import build
-from mtmm_train.config import LoggerConfig, TrainerConfig, check_names, check_trainer, typed
-from mtmm_train.data import InMemoryLoader, MultiModalData
+from mtmm_train.config import TrainerConfig, check_seed, validate
+from mtmm_train.data import InMemoryLoader
 from mtmm_train.errors import UserError
-from mtmm_train.model import CompiledRepresentation, MultiModalModel
+from mtmm_train.instantiate import build
+from mtmm_train.model import CompiledRepresentation
 from mtmm_train.optim import param_groups
-from mtmm_train.tasks import TASK_TYPES, Task
+from mtmm_train.signals import Preempted, StopOnSignals
+from mtmm_train.tasks import Task
 from mtmm_train.tensorboard import TensorBoard, format_results
+from mtmm_train.training_log import TrainingLog
 
 log = logging.getLogger("mtmm_train")
 
-AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["NoFiniteMonitor", "Preempted", "StepOutput", "TrainRecipe", "training_step"]
+
+
+class StepOutput:
+    """What :func:`training_step` computed for one (micro-)batch: detached, still on the device.
+
+    Attributes:
+        losses: ``(T,)`` the task losses as differentiated, in task order: each the mean over
+            the micro-batch's labelled samples times its ``share`` and ``micro_factor``, so an
+            optimizer step's losses are the sum over its micro-batches.
+        weights: ``(T,)`` the weights the balancer gave the tasks.
+        gramian: ``(T, T)`` the Gramian of the task gradients w.r.t. the shared representation
+            (unscaled, float32), or None when not asked for.
+    """
+
+    __slots__ = ("gramian", "losses", "weights")
+
+    def __init__(self, losses: Tensor, weights: Tensor, gramian: Tensor | None) -> None:
+        self.losses, self.weights, self.gramian = losses, weights, gramian
 
 
 def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, batch: Batch,
                   autocast: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler,
-                  shared_params: list[nn.Parameter], step: int, loss_scale: float,
+                  shared_params: list[nn.Parameter], step: int, micro_factor: float = 1.0,
                   gramian: bool = False, share: Tensor | None = None, counts: Tensor | None = None,
-                  data_parallel: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+                  data_parallel: bool = False) -> StepOutput:
     """Forward, per-task losses, and the balancer's backward for one (micro-)batch.
 
     Args:
-        loss_scale: a factor for every loss (``1 / accumulate_grad_batches``).
+        micro_factor: a factor for every loss, ``1 / accumulate_grad_batches``, applied here
+            once (the GradScaler's scale is another factor, which the balancer applies).
         gramian: also return the Gramian of the task gradients w.r.t. the shared representation
             (for logging their cosine similarities; costs a backward through the heads per task).
         share: ``(T,)`` factors for the task losses, from :meth:`TrainRecipe.accumulate`: the
@@ -63,33 +82,29 @@ def training_step(model: nn.Module, tasks: dict[str, Task], balancer: Balancer, 
             derives weights from (``BalanceContext.reduce``).
 
     Returns:
-        ``(losses, weights, gramian)``: detached ``(T,)`` tensors in task order (the losses
-        times their share, without ``loss_scale``), still on the device, and the ``(T, T)``
-        Gramian or None.
+        The losses, weights and Gramian (:class:`StepOutput`).
     """
     with autocast:
         preds, shared = model(batch.inputs, batch.present)
-        losses = {t: task.loss(preds[t], batch.targets[t], batch.labeled[t]) for t, task in tasks.items()}
-        if loss_scale != 1.0:
-            losses = {t: loss * loss_scale for t, loss in losses.items()}
+        parts = [task.loss(preds[t], batch.targets[t], batch.labeled[t]) for t, task in tasks.items()]
+        if micro_factor != 1.0:
+            parts = [loss * micro_factor for loss in parts]
         amp = torch.is_autocast_enabled(shared.device.type)
     if share is not None:
-        losses = {t: losses[t] * share[i] for i, t in enumerate(tasks)}
+        parts = [loss * share[i] for i, loss in enumerate(parts)]
+    losses = torch.stack(parts)  # (T,) in task order
     labeled = LabeledCounts(batch.labeled, None if counts is None else dict(zip(tasks, counts.unbind(), strict=True)))
-    if data_parallel:
-        ctx = BalanceContext(shared, shared_params, labeled, scaler, step, amp, reduce=distributed.mean,
-                             world_size=distributed.info().world_size)
-    else:
-        ctx = BalanceContext(shared, shared_params, labeled, scaler, step, amp)
-    grams = task_gramian([losses[t] for t in tasks], ctx) if gramian else None  # before backward frees the graph
+    parallel = {"reduce": distributed.mean, "world_size": distributed.info().world_size} if data_parallel else {}
+    # The scalars too: a per-task gradient of one of them runs only its task's layers backward.
+    ctx = BalanceContext(shared, shared_params, labeled, scaler, step, amp, task_losses=parts, **parallel)
+    grams = task_gramian(losses, ctx) if gramian else None  # before the balancer's backward frees the graph
     weights = balancer.backward(losses, ctx)
-    stacked = torch.stack([losses[t] for t in tasks]).detach()
-    return (stacked if loss_scale == 1.0 else stacked / loss_scale,
-            torch.stack([weights[t] for t in tasks]).detach().float(), grams)
+    return StepOutput(losses.detach(), weights.detach().float(), grams)
 
 
-class Preempted(Exception):
-    """Training stopped on SIGTERM or SIGINT after writing ``last.pt``; ``trainer.resume=auto`` continues."""
+class NoFiniteMonitor(Exception):
+    """Every epoch's ``trainer.monitor`` was NaN or infinite (e.g. the losses diverged): there is no best
+    epoch, so no ``best.pt`` and no ``metrics.json``; ``last.pt`` stays, to inspect. The CLI exits with 1."""
 
 
 class LabeledCounts(Mapping):
@@ -133,86 +148,82 @@ class TrainRecipe:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        """Build every component in dependency order; fail before training on bad config."""
-        cfg = self.cfg
-        self.trainer: TrainerConfig = typed(cfg, "trainer", TrainerConfig)
-        self.logger_cfg: LoggerConfig = typed(cfg, "logger", LoggerConfig)
-        check_trainer(self.trainer)
-        t = self.trainer
+        """Build every part in dependency order; fail before training on a bad config."""
+        # Every check that needs no data (a sweep runs them for each job before the first starts).
+        self.trainer, self.logger_cfg = validate(self.cfg)
+        self.seed = check_seed(self.cfg.get("seed"))
+        self.setup_device()
+        self.setup_data()
+        self.setup_model()
+        self.setup_forward()
+        self.setup_loader()
+        self.setup_optimization()
+        self.setup_progress()
 
-        self.seed = _int(cfg, "seed")
-        seed_everything(self.seed)  # the same on every rank: all ranks draw the same random streams
+    def setup_device(self) -> None:
+        """Seeds, this process's device (under torchrun: its LOCAL_RANK's GPU) and torch's numerics."""
+        t = self.trainer
+        builders.seed_everything(self.seed)  # the same on every rank: all ranks draw the same random streams
         self.dist = distributed.info()
-        self.device = pick_device(t.device)
+        self.device = builders.pick_device(t.device)
         if self.dist.distributed and self.device.type == "cuda":
             if self.device.index is not None:
                 raise UserError(f"trainer.device is '{t.device}' under torchrun, which would put every rank on one "
                                 "GPU; use trainer.device=auto or cuda (each rank takes the GPU of its LOCAL_RANK)")
-            self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun: LOCAL_RANK's GPU
-        # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
-        torch.set_float32_matmul_precision(t.float32_matmul_precision)
-        torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
-        # Batches keep their shapes (drop_last), so timing cuDNN's algorithms once per shape pays.
-        torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        builders.configure_torch(t)
 
-        # Data: the dataset decides modalities and tasks; the config must match them.
-        data: MultiModalData = build(cfg.dataset, "dataset")
-        modalities = check_names("modality", "model.encoders", list(cfg.model.encoders), list(data.modalities),
-                                 _names(cfg, "modalities"), "modalities")
-        task_names = check_names("task", "model.heads", list(cfg.model.heads), list(data.tasks),
-                                 _names(cfg, "tasks"), "tasks")
-        self.data = data.select(modalities, task_names)
-        for name in ("train", "val"):
-            if name not in self.data.splits or len(self.data.splits[name]) == 0:
-                raise UserError(f"dataset has an empty '{name}' split; give it samples")
-        world = self.dist.world_size
-        if self.dist.distributed and len(self.data.splits["train"]) < t.batch_size * world:
-            raise UserError(f"the training split has {len(self.data.splits['train'])} samples, fewer than one global "
-                            f"batch (trainer.batch_size={t.batch_size} x {world} processes); lower trainer.batch_size "
+    def setup_data(self) -> None:
+        """The data and its tasks; the splits go to the device once (a ``loader`` streams the training split)."""
+        t, world = self.trainer, self.dist.world_size
+        self.data = builders.build_data(self.cfg)
+        train, val = len(self.data.splits["train"]), len(self.data.splits["val"])
+        if self.dist.distributed and train < t.batch_size * world:
+            raise UserError(f"the training split has {train} samples, fewer than one global batch "
+                            f"(trainer.batch_size={t.batch_size} x {world} processes); lower trainer.batch_size "
                             "or use fewer processes")
-        if self.dist.distributed and len(self.data.splits["val"]) < world:
-            raise UserError(f"the 'val' split has {len(self.data.splits['val'])} samples, fewer than the {world} "
-                            "processes that share its evaluation; give it more samples or use fewer processes")
-        # Each split goes to the device once and is batched there by index; a `loader` config
-        # (+loader=dataloader) instead streams the training split from host memory.
-        stream = cfg.get("loader") is not None
-        self.splits = {k: s if stream and k == "train" else s.to(self.device) for k, s in self.data.splits.items()}
-        self.tasks: dict[str, Task] = {t_: TASK_TYPES[s.kind](s) for t_, s in self.data.tasks.items()}
+        if self.dist.distributed and val < world:
+            raise UserError(f"the 'val' split has {val} samples, fewer than the {world} processes that share its "
+                            "evaluation; give it more samples or use fewer processes")
+        # Each split is batched on the device by index; `loader=dataloader` streams the training split
+        # from host memory through DataLoader workers instead.
+        self.stream = self.cfg.get("loader") is not None
+        self.splits = {k: s if self.stream and k == "train" else s.to(self.device)
+                       for k, s in self.data.splits.items()}
+        self.tasks: dict[str, Task] = builders.build_tasks(self.data)
 
-        # Model: encoders -> fusion -> MTL architecture -> heads, sizes flowing forward.
-        encoders = {m: build(cfg.model.encoders[m], f"model.encoders.{m}", modality=spec)
-                    for m, spec in self.data.modalities.items()}
-        fusion = build(cfg.fusion, "fusion", in_dims={m: e.out_dim for m, e in encoders.items()})
-        mtl = build(cfg.mtl, "mtl", in_dim=fusion.out_dim, tasks=task_names)
-        heads = {t_: build(cfg.model.heads[t_], f"model.heads.{t_}", in_dim=mtl.out_dim, out_dim=task.out_dim)
-                 for t_, task in self.tasks.items()}
-        extra = {k: cfg.model[k] for k in ("missing", "modality_dropout") if k in cfg.model}
-        self.model = MultiModalModel(encoders, fusion, mtl, heads, **extra).to(self.device)
-        if self.dist.distributed and t.sync_batchnorm:
+    def setup_model(self) -> None:
+        """The model and the balancer on the device; the parameters the tasks share."""
+        self.model = builders.build_model(self.cfg, self.data, self.tasks).to(self.device)
+        if self.dist.distributed and self.trainer.sync_batchnorm:
             if self.device.type != "cuda":
                 raise UserError(f"trainer.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm is GPU-only), "
                                 f"but this run trains on {self.device}; set trainer.sync_batchnorm=false")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.balancer: Balancer = build(cfg.balancer, "balancer", tasks=task_names).to(self.device)
+        self.balancer: Balancer = builders.build_balancer(self.cfg, list(self.tasks)).to(self.device)
         self.shared_params = self.model.shared_parameters()
-        # trainer.compile: the whole model, unless something differentiates the losses with respect
-        # to the shared representation, which a compiled graph does not expose (CompiledRepresentation).
+
+    def setup_forward(self) -> None:
+        """What the step calls: the model, compiled (``trainer.compile``) and wrapped for DDP (torchrun).
+
+        The whole model compiles, unless something differentiates the losses with respect to the
+        shared representation, which a compiled graph does not expose: then the encoders and fusion
+        only (:class:`~mtmm_train.model.CompiledRepresentation`).
+        """
+        t, balancer = self.trainer, self.balancer
         mode = None if t.compile_mode == "default" else t.compile_mode  # reduce-overhead: CUDA graphs
         cosines = bool(self.logger_cfg.tensorboard and self.logger_cfg.grad_cosine_every_n_steps)
         compile_ = t.compile
-        if compile_ and self.balancer.writes_grads_directly:
+        if compile_ and balancer.writes_grads_directly:
             log.warning("trainer.compile=true is ignored: %s in parameter space differentiates each task's loss "
                         "through the model with torchjd (vmap), which a compiled backward does not support; the "
-                        "model runs eagerly (balancer.mode=representation compiles)", type(self.balancer).__name__)
+                        "model runs eagerly (balancer.mode=representation compiles)", type(balancer).__name__)
             compile_ = False
-        partly = compile_ and (self.balancer.uses_shared_gradient or cosines)
+        partly = compile_ and (balancer.uses_shared_gradient or cosines)
         if partly:
             log.info("trainer.compile: compiling the encoders and fusion only (%s differentiates the losses with "
                      "respect to the shared representation)",
-                     type(self.balancer).__name__ if self.balancer.uses_shared_gradient else "the gradient-cosine log")
+                     type(balancer).__name__ if balancer.uses_shared_gradient else "the gradient-cosine log")
         module = CompiledRepresentation(self.model, mode) if partly else self.model
         # torchrun: DistributedDataParallel averages gradients during backward (see micro_step).
         self.ddp = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -220,11 +231,16 @@ class TrainRecipe:
         forward = self.ddp or module
         self.forward_model = torch.compile(forward, mode=mode) if compile_ and not partly else forward
 
-        # Optimization. Under torchrun, trainer.batch_size is per process; each global batch is
-        # the one-process batch of batch_size * world_size samples, split between the ranks.
+    def setup_loader(self) -> None:
+        """The training batches, and how many optimizer steps an epoch and the run have.
+
+        Under torchrun, ``trainer.batch_size`` is per process: each global batch is the one-process
+        batch of ``batch_size * world_size`` samples, split between the ranks.
+        """
+        t = self.trainer
         shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
-        if stream:
-            self.train_loader = build(cfg.loader, "loader", split=self.splits["train"], batch_size=t.batch_size,
+        if self.stream:
+            self.train_loader = build(self.cfg.loader, "loader", split=self.splits["train"], batch_size=t.batch_size,
                                       shuffle=True, drop_last=True, seed=self.seed, device=self.device, **shard)
         else:
             self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=True,
@@ -240,20 +256,24 @@ class TrainRecipe:
                             "lower trainer.accumulate_grad_batches or trainer.batch_size")
         self.steps_per_epoch = max(1, self.batches_per_epoch // t.accumulate_grad_batches)
         self.total_steps = self.steps_per_epoch * t.max_epochs
+
+    def setup_optimization(self) -> None:
+        """Optimizer (the model's and the balancer's parameters), schedule, autocast and GradScaler."""
+        cfg, t = self.cfg, self.trainer
         opt_factory = build(cfg.optimizer, "optimizer")
-        weight_decay = float(cfg.optimizer.get("weight_decay", 0.0))
-        groups = param_groups([self.model, self.balancer], weight_decay)
-        extra_opt = {"fused": True} if self.device.type == "cuda" and "fused" not in cfg.optimizer \
-            and cfg.optimizer._target_ in ("torch.optim.AdamW", "torch.optim.Adam") else {}
-        self.optimizer = opt_factory(groups, **extra_opt)
+        groups = param_groups([self.model, self.balancer], float(cfg.optimizer.get("weight_decay", 0.0)))
+        fused = self.device.type == "cuda" and "fused" not in cfg.optimizer \
+            and cfg.optimizer._target_ in ("torch.optim.AdamW", "torch.optim.Adam")
+        self.optimizer = opt_factory(groups, **({"fused": True} if fused else {}))
         self.scheduler = build(cfg.scheduler, "scheduler")(self.optimizer, total_steps=self.total_steps)
-        amp_dtype = AMP_DTYPES[t.precision]
-        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        self.autocast = builders.autocast_for(t.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.fp16_scale: float | None = None  # the scaler's scale after the last step (read once per step)
 
-        # What to monitor, and where the run stands.
-        self.metric_keys = self.val_metric_keys()
+    def setup_progress(self) -> None:
+        """What to monitor, where the run stands (fresh, or resumed), the training log and TensorBoard."""
+        t = self.trainer
+        self.metric_keys = evaluation.metric_keys(self.tasks, "val")
         if t.monitor not in self.metric_keys:
             raise UserError(f"trainer.monitor is '{t.monitor}', which this run does not compute; choose one of: "
                             f"{', '.join(self.metric_keys)}")
@@ -261,14 +281,8 @@ class TrainRecipe:
         self.best: dict[str, Any] = {"value": None, "epoch": None, "step": None, "metrics": {}}
         self.bad_epochs = 0
         self.skipped_steps = 0  # steps skipped: fp16 overflow, or a non-finite loss with trainer.nonfinite=skip
-        self.skip_update = False
-        self.sums = torch.zeros(2, len(self.tasks), device=self.device)
-        self.log_count = 0  # optimizer steps summed in self.sums
-        self.weights_pending = 0  # optimizer steps whose weights wait in self.step_weights
-        # Each step's weights, row `step % N`, written to TensorBoard at the next log.
-        self.step_weights = torch.zeros(self.logger_cfg.log_every_n_steps, len(self.tasks), device=self.device)
-        self.gramian: Tensor | None = None  # of the task gradients at the last logged step
         self.last_metrics: dict[str, float] = {}
+        self.log = TrainingLog(list(self.tasks), self.logger_cfg.log_every_n_steps, self.device)
         self.resumed_from = self.maybe_resume(t.resume)
         # Events up to the checkpoint's step were written before it; later ones (or all, when a run
         # killed before its first checkpoint starts again) are stale. Only rank 0 writes logs.
@@ -280,13 +294,6 @@ class TrainRecipe:
                  self.total_steps, self.device,
                  f" (rank {self.dist.rank} of {self.dist.world_size})" if self.dist.distributed else "")
 
-    def val_metric_keys(self) -> list[str]:
-        """Every key :meth:`evaluate` returns, in a stable order."""
-        keys = ["val/loss/total"] + [f"val/loss/{t}" for t in self.tasks]
-        for t, task in self.tasks.items():
-            keys += [f"val/{t}/{m}" for m in task.metrics().keys()]
-        return keys
-
     # ------------------------------------------------------------------ train
     def train(self) -> float:
         """Run the loop: epochs of steps, evaluation and checkpoints after each epoch.
@@ -295,63 +302,14 @@ class TrainRecipe:
             The best value of ``trainer.monitor`` (what a sweeper optimises).
 
         Raises:
-            Preempted: on SIGTERM or SIGINT, after the current step and a checkpoint.
+            Preempted: on SIGTERM, SIGINT or SIGUSR2, after the current step and a checkpoint.
+            NoFiniteMonitor: no epoch had a finite monitored value.
         """
-        with self.stop_on_signals():
+        with StopOnSignals() as self.signals:
             return self._train()
-
-    @contextlib.contextmanager
-    def stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM/SIGINT/SIGUSR2 (preemption, SLURM's time limit, Ctrl-C) end the current step,
-        write ``last.pt`` and raise :class:`Preempted`; a second signal acts as usual (forced stop).
-
-        A handler that was there before for the signal (submitit's, which requeues the job on
-        SIGUSR2) is called after ``last.pt`` is written, instead of raising.
-        """
-        self.stop_signal: int | None = None
-        self.previous_handlers: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-        signals = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])
-        previous = self.previous_handlers = {sig: signal.getsignal(sig) for sig in signals}
-
-        def request_stop(signum: int, frame: object) -> None:
-            self.stop_signal = signum
-            signal.signal(signum, previous[signum])
-
-        for sig in previous:
-            signal.signal(sig, request_stop)
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def stop_if_signalled(self, bar: tqdm) -> None:
-        """After a step: on a pending signal, checkpoint and raise :class:`Preempted`.
-
-        Under torchrun the ranks agree first (a signal may reach them a step apart), and every
-        rank waits until rank 0 has written ``last.pt``.
-        """
-        if not distributed.any_true(self.stop_signal is not None):
-            return
-        self.save("last.pt")
-        distributed.barrier()
-        bar.close()
-        self.tb.close()
-        signum = self.stop_signal or signal.SIGTERM
-        handler = self.previous_handlers.get(signum)
-        if callable(handler) and handler is not signal.default_int_handler:
-            handler(signum, None)  # e.g. submitit: requeue the job (it continues from last.pt), exit
-        name = signal.Signals(signum).name
-        raise Preempted(f"stopped by {name} at step {self.step} (epoch {self.epoch + 1}); wrote "
-                        f"{self.ckpt_dir / 'last.pt'}; continue with trainer.resume=auto in the same run folder")
 
     def _train(self) -> float:
         t, lg = self.trainer, self.logger_cfg
-        tasks = list(self.tasks)
-        sums = self.sums  # (2, T): losses and weights summed over the log_count steps since the last log
         samples, t_log = 0, time.perf_counter()
         # A run resumed after its early stop (killed before metrics.json) trains no further epoch.
         t_start, stopped_early = time.perf_counter(), self.batch_in_epoch == 0 and self.patience_exhausted()
@@ -368,22 +326,14 @@ class TrainRecipe:
                 window.append(batch)
                 if len(window) < t.accumulate_grad_batches:
                     continue
-                self.accumulate(window)
-                self.optimizer_step()
+                self.train_step(window)
                 self.batch_in_epoch = i + 1
-                self.log_count += 1
-                self.weights_pending += 1
                 samples += sum(b.size for b in window) * self.dist.world_size
                 window = []
                 bar.update(1)
                 if self.step % lg.log_every_n_steps == 0 or self.step == self.total_steps:
-                    # The only host synchronisation of the loop: one read every N steps.
-                    mean = (distributed.mean(sums) / self.log_count).tolist()
-                    elapsed = time.perf_counter() - t_log
-                    self.log_train(dict(zip(tasks, mean[0], strict=True)), dict(zip(tasks, mean[1], strict=True)),
-                                   samples / max(elapsed, 1e-9), bar)
-                    sums.zero_()
-                    self.log_count, samples, t_log = 0, 0, time.perf_counter()
+                    self.log_train(samples / max(time.perf_counter() - t_log, 1e-9), bar)
+                    samples, t_log = 0, time.perf_counter()
                 if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
                     self.save("last.pt")
                 self.stop_if_signalled(bar)
@@ -392,10 +342,25 @@ class TrainRecipe:
             stopped_early = self.end_of_epoch()
             self.stop_if_signalled(bar)
         bar.close()
+        if self.best["value"] is None:  # no epoch had a finite monitored value: nothing is "best"
+            self.tb.close()
+            lr = self.cfg.optimizer.get("lr", "?")
+            raise NoFiniteMonitor(f"trainer.monitor {t.monitor} was NaN or infinite in all {self.epoch} epoch(s) "
+                                  f"(last: {self.last_metrics.get(t.monitor)}), so no best.pt or metrics.json was "
+                                  f"written; lower optimizer.lr (it is {lr}), set trainer.gradient_clip_norm, or use "
+                                  "trainer.nonfinite=stop to stop at the first bad step")
         self.finish(time.perf_counter() - t_start, stopped_early)
         return float(self.best["value"])
 
-    def accumulate(self, window: list[Batch]) -> None:
+    def train_step(self, window: list[Batch]) -> None:
+        """One optimizer step over the micro-batches in ``window``: forward and backward, the update, and
+        the step's losses and weights into the training log (on the device: no host read)."""
+        out = self.accumulate(window)
+        skip = self.trainer.nonfinite != "warn" and not self.losses_finite(out.losses)
+        self.optimizer_step(skip=skip)
+        self.log.add(self.step, out.losses, out.weights, out.gramian)
+
+    def accumulate(self, window: list[Batch]) -> StepOutput:
         """Forward and backward of the micro-batches of one optimizer step (``accumulate_grad_batches``
         of them, under torchrun on every process).
 
@@ -404,70 +369,72 @@ class TrainRecipe:
         weighted by its share of the labelled samples (with sparse labels, the micro-batches
         and processes hold different numbers). One all-reduce of the ``(micro-batches, T)``
         counts per step under torchrun; nothing at all with one micro-batch in one process.
+
+        Returns:
+            The step's losses (the sum over its micro-batches, each carrying ``1 / acc`` and its
+            share), its weights (their mean) and, on a step that logs them, the Gramian of the task
+            gradients of its last micro-batch.
         """
         acc, world = len(window), self.dist.world_size
+        every = self.logger_cfg.grad_cosine_every_n_steps
+        gramian = bool(self.logger_cfg.tensorboard and every and (self.step + 1) % every == 0)
         if acc == 1 and world == 1:
-            self.micro_step(window[0])
-            return
+            return self.micro_step(window[0], gramian=gramian)
         local = torch.stack([torch.stack([b.labeled[t].sum() for t in self.tasks]) for b in window]).float()
         counts = distributed.total(local)  # (acc, T) over the processes; asynchronous on the GPU
         shares = local * (acc * world) / counts.sum(0).clamp_min(1)
-        for k, batch in enumerate(window):
-            self.micro_step(batch, sync=k == acc - 1, share=shares[k], counts=counts[k])
+        outs = [self.micro_step(batch, sync=k == acc - 1, share=shares[k], counts=counts[k],
+                                gramian=gramian and k == acc - 1) for k, batch in enumerate(window)]
+        return StepOutput(torch.stack([o.losses for o in outs]).sum(0),
+                          torch.stack([o.weights for o in outs]).mean(0), outs[-1].gramian)
 
     def micro_step(self, batch: Batch, sync: bool = True, share: Tensor | None = None,
-                   counts: Tensor | None = None) -> None:
-        """Forward and backward of one (micro-)batch; its losses and weights are summed on the device.
+                   counts: Tensor | None = None, gramian: bool = False) -> StepOutput:
+        """Forward and backward of one (micro-)batch (:func:`training_step`), under torchrun with the
+        gradient averaging DDP's hooks do not do.
 
         Args:
             sync: the last micro-batch before an optimizer step: under torchrun, gradients are
                 averaged across processes during its backward (DistributedDataParallel's hooks),
                 or after it when the balancer writes ``.grad`` itself.
             share, counts: the micro-batch's loss factors and labelled counts (:meth:`accumulate`).
+            gramian: also compute the Gramian of the task gradients (the gradient-cosine log).
         """
-        acc, every = self.trainer.accumulate_grad_batches, self.logger_cfg.log_every_n_steps
-        cosine_every = self.logger_cfg.grad_cosine_every_n_steps
-        logged = bool(self.logger_cfg.tensorboard and cosine_every and (self.step + 1) % cosine_every == 0)
         direct = self.balancer.writes_grads_directly
         no_sync = self.ddp.no_sync() if self.ddp is not None and (direct or not sync) else contextlib.nullcontext()
         with no_sync:
-            losses, weights, gramian = training_step(self.forward_model, self.tasks, self.balancer, batch,
-                                                     self.autocast, self.scaler, self.shared_params, self.step,
-                                                     1.0 / acc, gramian=logged, share=share, counts=counts,
-                                                     data_parallel=self.dist.distributed)
+            out = training_step(self.forward_model, self.tasks, self.balancer, batch, self.autocast, self.scaler,
+                                self.shared_params, self.step, micro_factor=1.0 / self.trainer.accumulate_grad_batches,
+                                gramian=gramian, share=share, counts=counts, data_parallel=self.dist.distributed)
         if self.dist.distributed and sync:
             # Gradients DDP's hooks do not see: the balancer's own parameters, and all of them
             # when the balancer writes .grad itself (parameter-space aggregation).
             distributed.average_gradients(list(self.balancer.parameters()))
             if direct:
                 distributed.average_gradients(list(self.model.parameters()))
-        if self.trainer.nonfinite != "warn":
-            self.check_finite(losses)
-        if acc > 1:  # the step's values: the mean over its micro-batches (the losses carry their shares)
-            losses, weights = losses / acc, weights / acc
-        self.sums[0] += losses
-        self.sums[1] += weights
-        self.step_weights[self.step % every] += weights
-        if gramian is not None:
-            self.gramian = gramian
+        return out
 
-    def check_finite(self, losses: Tensor) -> None:
-        """``trainer.nonfinite=skip|stop``: act on a NaN/Inf task loss (one host read per step)."""
+    def losses_finite(self, losses: Tensor) -> bool:
+        """``trainer.nonfinite=skip|stop``: whether the step's losses are finite (one host read per step);
+        ``stop`` raises on a NaN/Inf, ``skip`` warns."""
         finite = distributed.mean(torch.isfinite(losses).float()) == 1  # torchrun: the ranks agree
         bad = [t for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok]
         if not bad:
-            return
+            return True
         where = f"non-finite loss for task(s) {', '.join(bad)} at step {self.step + 1}"
         if self.trainer.nonfinite == "stop":
             raise UserError(f"{where} (trainer.nonfinite=stop); check the data and targets of those tasks, lower "
                             "optimizer.lr, or use trainer.nonfinite=skip")
         log.warning("%s: update skipped (trainer.nonfinite=skip)", where)
-        self.skip_update = True
+        return False
 
-    def optimizer_step(self) -> None:
-        """Unscale, clip, step, update the scaler and the schedule, clear gradients."""
-        if self.skip_update:  # trainer.nonfinite=skip: drop this step's (non-finite) gradients
-            self.skip_update = False
+    def optimizer_step(self, skip: bool = False) -> None:
+        """Unscale, clip, step, update the scaler and the schedule, clear gradients.
+
+        Args:
+            skip: drop this step's gradients instead (``trainer.nonfinite=skip`` on a non-finite loss).
+        """
+        if skip:
             self.skipped_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -493,9 +460,11 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def log_train(self, losses: dict[str, float], weights: dict[str, float], samples_per_s: float, bar: tqdm) -> None:
+    def log_train(self, samples_per_s: float, bar: tqdm) -> None:
         """Write the interval's mean losses, each of its steps' weights, the gates' weights and the
-        task gradients' cosine similarities to TensorBoard and the progress bar."""
+        task gradients' cosine similarities to TensorBoard and the progress bar (the loop's one host
+        read every ``logger.log_every_n_steps`` steps)."""
+        losses, weights = self.log.flush()
         total = sum(weights[t] * losses[t] for t in losses)
         self.write_step_weights()
         scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
@@ -504,9 +473,9 @@ class TrainRecipe:
         if gates:
             scalars.update(zip([f"train/gate/{k}" for k in gates], torch.stack(list(gates.values())).tolist(),
                                strict=True))
-        if self.gramian is not None:
-            scalars.update(cosine_scalars(self.gramian, list(self.tasks)))
-            self.gramian = None
+        gramian = self.log.take_gramian()
+        if gramian is not None:
+            scalars.update(cosine_scalars(gramian, list(self.tasks)))
         if self.scaler.is_enabled() or self.trainer.nonfinite == "skip":
             scalars["train/skipped_steps"] = self.skipped_steps
         self.tb.scalars(scalars, self.step)
@@ -516,20 +485,32 @@ class TrainRecipe:
             log.warning("non-finite training loss for task(s) %s around step %d", ", ".join(bad), self.step)
 
     def write_step_weights(self) -> None:
-        """Write the buffered per-step task weights (one host read) and empty the buffer.
+        """Write the buffered per-step task weights to TensorBoard (one host read).
 
         At each log, and before each checkpoint: a run resumed from the checkpoint then never
         writes a step at or before it again (TensorBoard's ``purge_step`` is the step after it).
         """
-        if self.weights_pending == 0:
+        for step, weights in self.log.step_weight_rows(self.step):
+            self.tb.scalars({f"train/weight/{t}": v for t, v in weights.items()}, step)
+
+    def stop_if_signalled(self, bar: tqdm) -> None:
+        """After a step: on a pending signal, checkpoint and raise :class:`Preempted`.
+
+        Under torchrun the ranks agree first (a signal may reach them a step apart), and every
+        rank waits until rank 0 has written ``last.pt``. A handler that was there before for the
+        signal (submitit's, which requeues the job on SIGUSR2) is called after ``last.pt`` is written.
+        """
+        if not distributed.any_true(self.signals.requested):
             return
-        every = len(self.step_weights)
-        first = self.step - self.weights_pending + 1
-        rows = self.step_weights[[s % every for s in range(first - 1, self.step)]].tolist()
-        self.step_weights.zero_()
-        self.weights_pending = 0
-        for s, row in zip(range(first, self.step + 1), rows, strict=True):
-            self.tb.scalars({f"train/weight/{t}": v for t, v in zip(self.tasks, row, strict=True)}, s)
+        self.save("last.pt")
+        distributed.barrier()
+        bar.close()
+        self.tb.close()
+        handler = self.signals.previous()
+        if handler is not None:
+            handler(self.signals.signum, None)  # e.g. submitit: requeue the job (it continues from last.pt), exit
+        raise Preempted(f"stopped by {self.signals.name()} at step {self.step} (epoch {self.epoch + 1}); wrote "
+                        f"{self.ckpt_dir / 'last.pt'}; continue with trainer.resume=auto in the same run folder")
 
     def end_of_epoch(self) -> bool:
         """Evaluate, track the best monitored value, write checkpoints; True to stop early."""
@@ -538,15 +519,19 @@ class TrainRecipe:
         self.last_metrics = metrics
         self.tb.scalars(metrics, self.step)
         value = metrics[t.monitor]
-        better = self.best["value"] is None or (value < self.best["value"] if t.monitor_mode == "min"
-                                                else value > self.best["value"])
+        # NaN or Inf never becomes the best (NaN compares false, so a first NaN epoch would stay best).
+        better = math.isfinite(value) and (self.best["value"] is None or (
+            value < self.best["value"] if t.monitor_mode == "min" else value > self.best["value"]))
         if better:
             self.best = {"value": value, "epoch": self.epoch, "step": self.step, "metrics": metrics}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        log.info("epoch %d: %s = %.4f (best %.4f at epoch %d)", self.epoch, t.monitor, value,
-                 self.best["value"], self.best["epoch"])
+        if self.best["value"] is None:
+            log.warning("epoch %d: %s = %s; no epoch has a finite value yet", self.epoch, t.monitor, value)
+        else:
+            log.info("epoch %d: %s = %.4f (best %.4f at epoch %d)", self.epoch, t.monitor, value,
+                     self.best["value"], self.best["epoch"])
         # best.pt first: a crash between the two leaves last.pt one epoch behind, and the resumed
         # run evaluates that epoch again and rewrites best.pt the same; the other order could leave
         # last.pt naming a best epoch whose weights never reached best.pt.
@@ -564,68 +549,22 @@ class TrainRecipe:
         return patience is not None and self.bad_epochs >= patience
 
     # ------------------------------------------------------------------ evaluate
-    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict[str, float]:
-        """Per-task losses and metrics over a whole split (labelled samples only).
+        """Per-task losses and metrics over a whole split (:func:`mtmm_train.evaluation.evaluate`; the
+        eager model: a compiled evaluation would compile a second graph).
 
         Returns:
             ``{"<split>/loss/total", "<split>/loss/<task>", "<split>/<task>/<metric>": float}``.
         """
-        self.model.eval()
-        # torchrun: each rank evaluates its part; loss sums are reduced, and the labelled samples'
-        # predictions and targets gathered, so every rank computes the metrics of the whole split.
-        # (torchmetrics' own sync in compute() fails when a rank saw no labels for a task.)
-        parallel = self.dist.distributed
-        loader = InMemoryLoader(self.splits[split], self.trainer.eval_batch_size, rank=self.dist.rank,
-                                world_size=self.dist.world_size)
-        metrics = {t: task.metrics().to(self.device) for t, task in self.tasks.items()}
-        kept: dict[str, tuple[list[Tensor], list[Tensor]]] = {t: ([], []) for t in self.tasks}
-        loss_sum = torch.zeros(len(self.tasks), device=self.device)
-        n_labeled = torch.zeros(len(self.tasks), device=self.device)
-        for batch in loader:
-            with self.autocast:
-                preds, _ = self.model(batch.inputs, batch.present)  # eager: a compiled eval would compile twice
-            for i, (t, task) in enumerate(self.tasks.items()):
-                lab = batch.labeled[t]
-                n = lab.sum()
-                loss_sum[i] += task.loss(preds[t], batch.targets[t], lab) * n
-                n_labeled[i] += n
-                if parallel:  # empty selections too: they carry the shapes for the gather
-                    kept[t][0].append(preds[t][lab].float())
-                    kept[t][1].append(batch.targets[t][lab])
-                elif lab.any():
-                    metrics[t].update(*task.metric_inputs(preds[t][lab], batch.targets[t][lab]))
-        if parallel:
-            for t, task in self.tasks.items():
-                pred, target = (distributed.gather_rows(torch.cat(x)) for x in kept[t])
-                for metric in metrics[t].values():
-                    metric.sync_on_compute = metric._to_sync = False  # every rank holds all the data
-                if len(pred):
-                    metrics[t].update(*task.metric_inputs(pred, target))
-        out: dict[str, float] = {}
-        loss_sum, n_labeled = distributed.total(loss_sum), distributed.total(n_labeled)
-        losses = (loss_sum / n_labeled.clamp_min(1)).tolist()
-        out[f"{split}/loss/total"] = float(sum(losses))
-        for i, t in enumerate(self.tasks):
-            out[f"{split}/loss/{t}"] = losses[i]
-        for t, collection in metrics.items():
-            for k, metric in collection.items():
-                out[f"{split}/{t}/{k}"] = float("nan")
-                if n_labeled[list(self.tasks).index(t)] == 0:
-                    continue
-                try:
-                    out[f"{split}/{t}/{k}"] = float(metric.compute())
-                except ValueError as e:  # e.g. R^2 of a single labelled sample
-                    log.warning("%s/%s/%s is NaN: %s", split, t, k, str(e).splitlines()[0])
-        self.model.train()
-        return out
+        return evaluation.evaluate(self.model, self.tasks, self.splits[split], self.trainer.eval_batch_size,
+                                   prefix=split, autocast=self.autocast)
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self, log_sums: Tensor | None = None) -> dict[str, Any]:
+    def state(self, log_state: dict[str, Any]) -> dict[str, Any]:
         """Everything needed to resume, as plain data and tensors (loads with weights_only=True).
 
         Args:
-            log_sums: the training log's sums to store (torchrun: their mean over the ranks).
+            log_state: the training log's state (:meth:`TrainingLog.state_dict`, taken on every rank).
         """
         return {
             "model": self.model.state_dict(),
@@ -642,9 +581,11 @@ class TrainRecipe:
             "skipped_steps": self.skipped_steps,
             "metrics": self.last_metrics,
             # The training log's sums since its last write: a resumed run logs the same values.
-            "log": {"sums": self.sums if log_sums is None else log_sums, "count": self.log_count},
+            "log": log_state,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "world_size": self.dist.world_size,
+            # The data's schema (classes, statistics...): a resume on other data is refused.
+            "data_fingerprint": checkpoint.data_fingerprint(self.data),
         }
 
     def save(self, name: str) -> None:
@@ -653,11 +594,11 @@ class TrainRecipe:
         TensorBoard's events are flushed first, so that a crash after the checkpoint loses none of
         the steps the checkpoint covers (a resumed run drops the later ones: ``purge_step``).
         """
-        log_sums = distributed.mean(self.sums)  # every rank takes part; each then resumes from the mean
+        log_state = self.log.state_dict()  # every rank takes part; each then resumes from the mean
         self.write_step_weights()
         if self.dist.is_main:
             self.tb.flush()
-            checkpoint.save(self.state(log_sums), self.ckpt_dir / name)
+            checkpoint.save(self.state(log_state), self.ckpt_dir / name)
 
     def maybe_resume(self, resume: str | None) -> Path | None:
         """Load ``trainer.resume`` (``auto``: this run's ``last.pt`` if it exists, or a path)."""
@@ -669,8 +610,11 @@ class TrainRecipe:
         if resume == "auto" and not path.exists():
             log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", self.ckpt_dir)
             return None
-        state = checkpoint.load(path)
-        check_same_components(state["config"], OmegaConf.to_container(self.cfg, resolve=True), path)
+        current = OmegaConf.to_container(self.cfg, resolve=True)
+        state = checkpoint.load(path, trusted_config=current)  # its stored config checked: nothing foreign
+        check_same_components(state["config"], current, path)
+        checkpoint.check_fingerprint(state.get("data_fingerprint"), checkpoint.data_fingerprint(self.data),
+                                     f"checkpoint '{path}'", checkpoint.RESUME_DATA_FIX)
         if state.get("world_size", 1) != self.dist.world_size and int(state["batch_in_epoch"]):
             log.warning("%s was written by %d process(es), this run has %d: the global batch differs, so the "
                         "rest of epoch %d sees other batches than an uninterrupted run would", path,
@@ -691,10 +635,8 @@ class TrainRecipe:
         self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_metrics = state.get("metrics", {})
-        saved = state.get("log")
-        if saved is not None:
-            self.sums.copy_(saved["sums"])
-            self.log_count = int(saved["count"])
+        if state.get("log") is not None:
+            self.log.load_state_dict(state["log"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return path
 
@@ -716,7 +658,7 @@ class TrainRecipe:
         }
         if not self.dist.is_main:
             return
-        (self.output_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=True))
+        fileio.write_json(self.output_dir / "metrics.json", result)  # atomic: never a torn file
         self.tb.hparams(hparams_of(self.cfg, self.trainer), {f"best/{k}": v for k, v in self.best["metrics"].items()})
         self.tb.close()
         table = format_results(self.best["metrics"], list(self.tasks), title=(
@@ -725,25 +667,6 @@ class TrainRecipe:
 
 
 # ---------------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's generators (CPU and CUDA)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"trainer.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device is '{name}' but no CUDA device is available; use trainer.device=auto")
-    return device
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -779,21 +702,3 @@ def check_same_components(stored: dict[str, Any], current: dict[str, Any], path:
             raise UserError(f"checkpoint '{path}' was trained with {key}._target_={before[key]}, but this run has "
                             f"{now[key]}; resume with the components it was trained with (settings such as "
                             "optimizer.lr may change), or start a new run")
-
-
-def _int(cfg: DictConfig, key: str) -> int:
-    value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise UserError(f"{key} must be an integer, found {value!r}")
-    return value
-
-
-def _names(cfg: DictConfig, key: str) -> list[str] | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if not OmegaConf.is_list(value):
-        raise UserError(f"{key} must be a list of names or null, found {value!r}")
-    return [str(v) for v in value]

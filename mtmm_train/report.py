@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import io
 import json
 import math
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from mtmm_train import fileio
 from mtmm_train.errors import UserError
 
 IGNORED_OVERRIDES = ("seed", "hydra.", "trainer.resume")
@@ -33,6 +36,7 @@ class Job:
     config: str
     seed: str
     metrics: dict[str, float]
+    monitor: str = "monitor"  # the name of trainer.monitor in its metrics.json
 
 
 @dataclass
@@ -51,8 +55,70 @@ class Row:
         return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def load_jobs(folder: Path, which: str = "best") -> tuple[list[Job], list[Path]]:
-    """Every job folder under ``folder`` with a ``metrics.json``; also the folders without one."""
+class Unreadable(Exception):
+    """A job's file that cannot be used; the message names it and says why."""
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr: a job left out of the report."""
+    print(f"mtmm-report: warning: {message}", file=sys.stderr)
+
+
+def read_overrides(path: Path) -> list[str]:
+    """A job's ``.hydra/overrides.yaml``: its command-line overrides.
+
+    Raises:
+        Unreadable: the file cannot be read, is not YAML, or not a list of overrides.
+    """
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except (OSError, UnicodeDecodeError) as e:
+        raise Unreadable(f"{path} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    except yaml.YAMLError as e:
+        raise Unreadable(f"{path} is not valid YAML ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise Unreadable(f"{path} is not a list of overrides (not written by Hydra?)")
+    return overrides
+
+
+def read_metrics(path: Path, which: str = "best") -> tuple[str, dict[str, float]]:
+    """A job's ``metrics.json``: the name of its monitored metric, and the metrics of the ``best``
+    epoch (or the ``final`` ones) plus ``monitor``, its value.
+
+    Raises:
+        Unreadable: the file cannot be read, is cut short (invalid JSON), or lacks the entries.
+    """
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise Unreadable(f"{path} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    except json.JSONDecodeError as e:
+        raise Unreadable(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): cut short, "
+                         "or being written by an older mtmm-train") from None
+    best = result.get("best") if isinstance(result, dict) else None
+    if not isinstance(best, dict) or not isinstance(best.get("metrics"), dict) \
+            or not isinstance(best.get("value"), (int, float)):
+        raise Unreadable(f"{path} has no 'best' entry with a 'value' and 'metrics' (not written by mtmm-train?)")
+    monitor = str(result.get("monitor", "monitor"))
+    if which == "best":
+        chosen, value = best["metrics"], best["value"]
+    else:
+        chosen = result.get("final")
+        if not isinstance(chosen, dict):
+            raise Unreadable(f"{path} has no 'final' entry (use --which best)")
+        value = chosen.get(monitor, math.nan)
+    metrics = {k: float(v) for k, v in chosen.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics["monitor"] = float(value) if isinstance(value, (int, float)) else math.nan
+    return monitor, metrics
+
+
+def load_jobs(folder: Path, which: str = "best",
+              on_skip: Callable[[str], None] = warn) -> tuple[list[Job], list[Path]]:
+    """Every job folder under ``folder`` with a ``metrics.json``; also the folders without one.
+
+    A job whose files cannot be used (a ``metrics.json`` cut short, or without ``best``) is left
+    out, and ``on_skip`` is told why (default: one warning line on stderr).
+    """
     if not folder.is_dir():
         raise UserError(f"'{folder}' is not a folder; pass a multirun folder (e.g. logs/multiruns/<time>)")
     jobs, unfinished = [], []
@@ -66,13 +132,15 @@ def load_jobs(folder: Path, which: str = "best") -> tuple[list[Job], list[Path]]
         if not metrics_file.is_file():
             unfinished.append(job_dir)
             continue
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        try:
+            overrides = read_overrides(overrides_file)
+            monitor, metrics = read_metrics(metrics_file, which)
+        except Unreadable as e:
+            on_skip(f"left out {job_dir}: {e}")
+            continue
         kept = [o for o in overrides if not o.lstrip("+~").startswith(IGNORED_OVERRIDES)]
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), "0")
-        result = json.loads(metrics_file.read_text())
-        metrics = dict(result["best"]["metrics"] if which == "best" else result["final"])
-        metrics["monitor"] = result["best"]["value"] if which == "best" else metrics.get(result["monitor"], math.nan)
-        jobs.append(Job(job_dir, " ".join(kept), seed, metrics))
+        jobs.append(Job(job_dir, " ".join(kept), seed, metrics, monitor))
     # Overrides that every job shares say nothing about the difference between rows.
     common = set.intersection(*(set(j.config.split()) for j in jobs)) if jobs else set()
     for job in jobs:
@@ -157,12 +225,13 @@ def to_markdown(rows: list[Row], keys: list[str], monitor: str) -> str:
 
 
 def write_csv(rows: list[Row], keys: list[str], path: Path) -> None:
-    """One line per configuration: ``<metric>_mean`` and ``<metric>_std`` columns."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["configuration", "seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
-        for row in rows:
-            w.writerow([row.config, len(row.seeds)] + [x for k in keys for x in row.mean_std(k)])
+    """One line per configuration: ``<metric>_mean`` and ``<metric>_std`` columns (written atomically)."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["configuration", "seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+    for row in rows:
+        w.writerow([row.config, len(row.seeds)] + [x for k in keys for x in row.mean_std(k)])
+    fileio.write_text(path, text.getvalue())
 
 
 def plot(rows: list[Row], key: str, label: str, path: Path) -> None:
@@ -180,17 +249,33 @@ def plot(rows: list[Row], key: str, label: str, path: Path) -> None:
     ax.set_xticks(range(len(rows)), [r.config for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(label)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fileio.save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def report(folder: Path, patterns: list[str] | None = None, which: str = "best", make_plot: bool = False,
            out: Path | None = None, baselines: Path | None = None, delta_patterns: list[str] | None = None) -> str:
-    """Build the report of a multirun folder; write the files; return the Markdown table."""
-    jobs, unfinished = load_jobs(folder, which)
+    """Build the report of a multirun folder; write the files; return the Markdown table.
+
+    Jobs whose files cannot be used are left out with a warning line each (and a note in the
+    report); every file is written atomically.
+
+    Raises:
+        UserError: no finished job, no metric matches, or the output folder is unusable.
+        mtmm_train.fileio.WriteError: a file could not be written (e.g. the disk is full).
+    """
+    skipped: list[str] = []
+
+    def skip(message: str) -> None:
+        warn(message)
+        skipped.append(message.removeprefix("left out "))
+
+    jobs, unfinished = load_jobs(folder, which, skip)
     if not jobs:
         raise UserError(f"no finished run (a job folder with metrics.json and .hydra/overrides.yaml) under '{folder}'")
-    monitor = json.loads((jobs[0].folder / "metrics.json").read_text())["monitor"]
+    monitor = jobs[0].monitor
     rows = group(jobs)
     keys = metric_keys(rows, patterns)
     if not keys:
@@ -202,13 +287,17 @@ def report(folder: Path, patterns: list[str] | None = None, which: str = "best",
             raise UserError(f"--delta-metrics {delta_patterns} matches no baseline metric; metrics: {', '.join(base)}")
         add_delta_m(rows, base, delta_keys)
         keys.append("delta_m")
+    # The output folder before anything is written: a file, or read-only, is one line (exit 2).
+    fileio.check_folder(out or folder, "--out" if out else "the multirun folder (where the report goes without --out)",
+                        "pass --out <a writable folder> (it is created if missing)")
     out = out or folder
-    out.mkdir(parents=True, exist_ok=True)
     table = to_markdown(rows, keys, monitor)
     note = f"\n\n{len(unfinished)} unfinished job(s) left out: " + ", ".join(str(u) for u in unfinished) \
         if unfinished else ""
-    (out / "report.md").write_text(f"# Sweep report: {folder}\n\n{which} metrics, mean ± std over seeds\n\n"
-                                   f"{table}{note}\n")
+    if skipped:
+        note += f"\n\n{len(skipped)} unreadable job(s) left out: " + "; ".join(skipped)
+    fileio.write_text(out / "report.md", f"# Sweep report: {folder}\n\n{which} metrics, mean ± std over seeds\n\n"
+                                         f"{table}{note}\n")
     write_csv(rows, keys, out / "report.csv")
     if make_plot:
         plot(rows, "monitor", f"{monitor} ({which})", out / "report.png")
@@ -235,6 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"mtmm-report: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except fileio.WriteError as e:  # the disk filled up (or went read-only) while writing
+        print(f"mtmm-report: error: cannot write {fileio.explain(e)}; the files there from before are intact: make "
+              "room, or pass --out <another folder>", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

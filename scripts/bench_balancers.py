@@ -5,7 +5,7 @@
     python scripts/bench_balancers.py --precision bf16       # on a GPU (batch 256)
 
 The model is built from the project's configs (default: ``experiment=reference_small``, the
-small model of ``shared/device/reference_step.py``) with ``T`` heads, copies of the dataset's
+small reference model of docs/benchmarks.md) with ``T`` heads, copies of the dataset's
 tasks in turn. A step is exactly the training loop's: ``training_step`` (forward, losses,
 balancer backward) then the optimizer step. Configurations alternate within each round, so a
 drift of the machine's speed hits them alike; the table shows the median step.
@@ -30,16 +30,21 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_module  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from mtmm_train.balancers import all_balancers  # noqa: E402
 from mtmm_train.batch import Batch, TaskSpec  # noqa: E402
-from mtmm_train.builders import build  # noqa: E402
 from mtmm_train.data import InMemoryLoader  # noqa: E402
+from mtmm_train.instantiate import build  # noqa: E402
 from mtmm_train.model import MultiModalModel  # noqa: E402
 from mtmm_train.recipe import AMP_DTYPES, training_step  # noqa: E402
 from mtmm_train.tasks import TASK_TYPES  # noqa: E402
 
-LOSS_WEIGHTING = ["static", "uncertainty", "dwa", "gradnorm", "rlw", "famo"]
-AGGREGATION = ["pcgrad", "mgda", "cagrad", "upgrad", "nash_mtl", "imtl_g", "aligned_mtl"]
 MODES = ("representation", "parameters")
+
+
+def every_balancer() -> list[str]:
+    """Every balancer of ``mtmm_train.balancers`` (found, not listed): static, loss weighting, aggregation."""
+    found = all_balancers()
+    return sorted(found, key=lambda name: (name != "static", found[name].family != "weighting", name))
 
 
 @dataclass
@@ -87,9 +92,10 @@ def make_bench(device: torch.device, num_tasks: int, overrides: list[str], batch
 
 
 def configs(balancers: list[str]) -> list[tuple[str, str | None]]:
-    """(balancer, mode) pairs: loss weighting has no mode, aggregation runs in both spaces."""
-    return [(b, None) if b in LOSS_WEIGHTING else (b, m) for b in balancers for m in (MODES if b in AGGREGATION
-                                                                                        else (None,))]
+    """(balancer, mode) pairs: aggregation runs in both spaces, anything else (loss weighting) has no mode."""
+    found = all_balancers()
+    return [(b, m) for b in balancers
+            for m in (MODES if b in found and found[b].family == "aggregation" else (None,))]
 
 
 class Runner:
@@ -112,7 +118,7 @@ class Runner:
             sync(b.device)
             t0 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
-            training_step(b.model, b.tasks, self.balancer, batch, b.autocast, b.scaler, self.shared, self.step, 1.0)
+            training_step(b.model, b.tasks, self.balancer, batch, b.autocast, b.scaler, self.shared, self.step)
             b.scaler.step(self.optimizer)
             b.scaler.update()
             sync(b.device)
@@ -149,7 +155,7 @@ def balancer_table(device: torch.device | str, task_counts: tuple[int, ...] = (2
     """
     device = torch.device(device)
     batch_size = batch_size or (256 if device.type == "cuda" else 16)
-    names = ["static"] + [b for b in (balancers or LOSS_WEIGHTING + AGGREGATION) if b != "static"]
+    names = ["static"] + [b for b in (balancers or every_balancer()) if b != "static"]
     rows = []
     for num_tasks in task_counts:
         bench = make_bench(device, num_tasks, list(overrides), batch_size, precision)

@@ -16,9 +16,9 @@ import time
 
 from hydra import compose, initialize_config_module
 
-from mtmm_train.builders import build
 from mtmm_train.data.av_digits import build_clips
 from mtmm_train.errors import UserError
+from mtmm_train.instantiate import build
 
 
 def main(overrides: list[str]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,16 @@ from mtmm_train.recipe import TrainRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+
+# Hang guard for subprocesses, never a speed limit: no test may fail because a machine is slow. The
+# slowest subprocess here (the default run) takes 15-60 s on a loaded 2-core CPU, so an hour is ~60x
+# that; it still turns a real hang (a deadlock, a lost signal) into a failure that names the test,
+# before CI's own limit would stop the whole suite without saying where it hung.
+HANG_GUARD_S = 3600
+
+# .ci/run sets MTMM_REQUIRE_SYSTEM_DEPS=1: a test whose system package is missing fails there instead
+# of being skipped, so CI cannot pass by skipping (see require_program).
+REQUIRE_SYSTEM_DEPS = "MTMM_REQUIRE_SYSTEM_DEPS"
 
 # A few seconds of CPU: small data, one short epoch, no progress bar.
 TINY = [
@@ -46,13 +57,30 @@ def train(output_dir: Path, overrides: list[str] | None = None, tiny: bool = Tru
     return recipe
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "mtmm_train", timeout: int = 300,
+def run_cli(args: list[str], cwd: Path, module: str = "mtmm_train", timeout: float = HANG_GUARD_S,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` (a script: ``module=""``) in ``cwd`` on the CPU; capture its output."""
     full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **(env or {})}
     command = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def require_program(name: str, package: str) -> None:
+    """Skip the calling test, with the reason, when the system program ``name`` is not installed; fail
+    instead where ``MTMM_REQUIRE_SYSTEM_DEPS=1`` (.ci/run), where every system package must be there."""
+    if shutil.which(name):
+        return
+    reason = f"needs {name}, which is not installed (Debian/Ubuntu: apt-get install {package})"
+    if os.environ.get(REQUIRE_SYSTEM_DEPS) == "1":
+        pytest.fail(f"{reason}; {REQUIRE_SYSTEM_DEPS}=1 forbids skipping it", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def espeak_ng() -> None:
+    """The test speaks digits with espeak-ng (dataset=av_digits): skip without it, fail in CI."""
+    require_program("espeak-ng", "espeak-ng")
 
 
 @pytest.fixture

@@ -47,8 +47,8 @@ def arm(where: str, n: int) -> None:
     if where == "step":
         step = TrainRecipe.optimizer_step
 
-        def optimizer_step(self: TrainRecipe) -> None:
-            step(self)
+        def optimizer_step(self: TrainRecipe, skip: bool = False) -> None:
+            step(self, skip)
             if hit():
                 kill()
         TrainRecipe.optimizer_step = optimizer_step

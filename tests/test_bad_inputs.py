@@ -5,7 +5,7 @@ the file, what was found and how to fix it, and leave the run folder's checkpoin
 and TensorBoard files byte for byte as they were. Most cases run in this process through the
 path the CLI takes (compose, ``TrainRecipe.setup``; ``evaluate_checkpoint`` for ``mtmm-eval``);
 those marked ``cli`` also run through the real command in a subprocess (exit status 2, one stderr
-line, no traceback). README.md, "Reliability / Bad inputs", lists the same catalog.
+line, no traceback). docs/reliability.md, "Bad inputs", lists the same catalog.
 """
 
 from __future__ import annotations

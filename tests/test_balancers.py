@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONFIGS, compose_cfg
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from mtmm_train.balancers import MGDA, UPGrad, torchjd_api
+import mtmm_train.balancers
+from mtmm_train.balancers import MGDA, UPGrad, all_balancers, torchjd_api
 from mtmm_train.balancers.aggregation import GradientAggregation
 from mtmm_train.balancers.base import BalanceContext, Balancer
-from mtmm_train.builders import build
 from mtmm_train.errors import UserError
+from mtmm_train.instantiate import build
 
 TASKS = ["a", "b", "c"]
+A, C = TASKS.index("a"), TASKS.index("c")
+# Found, not listed: every config file, and in both spaces every aggregator (a test below checks
+# that the config files and the balancer classes match one to one).
 BALANCERS = sorted(p.stem for p in (CONFIGS / "balancer").glob("*.yaml"))
-AGGREGATORS = ["pcgrad", "mgda", "cagrad", "upgrad", "nash_mtl", "imtl_g", "aligned_mtl"]
+AGGREGATORS = [name for name, cls in all_balancers().items() if cls.family == "aggregation"]
 CASES = [(b, None) for b in BALANCERS] + [(b, "parameters") for b in AGGREGATORS]
 
 
@@ -64,19 +70,25 @@ def make(name: str, mode: str | None = None, tasks: list[str] = TASKS) -> Balanc
 def step(model: Tiny, balancer: Balancer, x: Tensor, ys: dict[str, Tensor], labeled: dict[str, Tensor],
          autocast: contextlib.AbstractContextManager | None = None,
          scaler: torch.amp.GradScaler | None = None, amp: bool = False, poison: str | None = None,
-         index: int = 0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """One forward and balancer backward (masked MSE per task, as the Task classes compute it)."""
+         index: int = 0, separate: bool = True) -> tuple[Tensor, Tensor]:
+    """One forward and balancer backward (masked MSE per task, as the Task classes compute it), called
+    as ``training_step`` calls it: returns the ``(T,)`` losses and weights, in task order.
+
+    ``separate``: also pass the per-task scalars (``BalanceContext.task_losses``), as ``training_step`` does.
+    """
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     with autocast or contextlib.nullcontext():
         preds, shared = model(x)
-        losses = {}
+        parts = []
         for t in balancer.tasks:
             per = (preds[t].float() - ys[t]) ** 2
-            losses[t] = torch.where(labeled[t], per, 0.0).sum() / labeled[t].sum().clamp_min(1)
+            parts.append(torch.where(labeled[t], per, 0.0).sum() / labeled[t].sum().clamp_min(1))
         if poison:
-            losses[poison] = losses[poison] * float("inf")
+            i = balancer.tasks.index(poison)
+            parts[i] = parts[i] * float("inf")
+    losses = torch.stack(parts)
     ctx = BalanceContext(shared, list(model.trunk.parameters()), {t: labeled[t].sum() for t in balancer.tasks},
-                         scaler, index, amp)
+                         scaler, index, amp, task_losses=parts if separate else ())
     return losses, balancer.backward(losses, ctx)
 
 
@@ -100,22 +112,81 @@ def test_every_balancer_config_trains_the_tiny_model(name: str, mode: str | None
     for _ in range(15):
         opt.zero_grad()
         losses, weights = step(model, balancer, x, ys, all_labeled())
-        total = sum(float(v.detach()) for v in losses.values())
+        total = sum(losses.detach().tolist())
         first = total if first is None else first
-        assert set(weights) == set(TASKS)
-        assert all(w.dim() == 0 and torch.isfinite(w) and not w.requires_grad for w in weights.values())
+        assert weights.shape == (len(TASKS),) and weights.dtype == torch.float32
+        assert torch.isfinite(weights).all() and not weights.requires_grad
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
     assert total < 0.9 * first, (name, first, total)
 
 
+def test_every_balancer_has_a_config_and_every_config_a_balancer() -> None:
+    classes = all_balancers()
+    configs = {p.stem: OmegaConf.load(p) for p in (CONFIGS / "balancer").glob("*.yaml")}
+    no_config, no_class = set(classes) - set(configs), set(configs) - set(classes)
+    assert not no_config, f"balancers without a configs/balancer/<name>.yaml: {no_config}"
+    assert not no_class, f"configs/balancer/<name>.yaml without a mtmm_train/balancers/<name>.py balancer: {no_class}"
+    for name, cls in classes.items():
+        node = configs[name]
+        assert node._target_ == f"{cls.__module__}.{cls.__qualname__}", name
+        assert cls.family in ("weighting", "aggregation"), name
+        assert cls.__name__ in mtmm_train.balancers.__all__, f"{cls.__name__}: export it in mtmm_train/balancers"
+        # Config keys are the constructor's parameters, every one of them (its default lives in the config).
+        params = set(inspect.signature(cls).parameters) - {"tasks"}
+        assert set(node) - {"_target_"} == params, (name, params)
+
+
+BAD_VALUES = [("upgrad", "mode", "sideways"), ("cagrad", "c", -1), ("dwa", "window", 0),
+              ("aligned_mtl", "scale_mode", "max"), ("nash_mtl", "ridge", 0), ("gradnorm", "alpha", -1),
+              ("famo", "min_loss", "low"), ("mgda", "max_iters", 2.5), ("static", "weights.a", -1)]
+
+
+@pytest.mark.parametrize(("name", "param", "value"), BAD_VALUES)
+def test_a_bad_value_is_a_plain_error_naming_the_parameter(name: str, param: str, value: object) -> None:
+    kwargs = {"weights": {"a": value}} if param == "weights.a" else {param: value}
+    p = re.escape(param)
+    template = rf"^Parameter `{p}` should be .+\. Found `{p} = {re.escape(repr(value))}`\.$"
+    with pytest.raises(ValueError, match=template) as e:
+        all_balancers()[name](TASKS, **kwargs)
+    assert "balancer." not in str(e.value)  # where the balancer sits in the config is the builder's to say
+
+
 def test_bad_values_are_one_line_user_errors() -> None:
     for override, key in [("balancer=upgrad", "mode=sideways"), ("balancer=cagrad", "c=-1"),
                           ("balancer=dwa", "window=0"), ("balancer=aligned_mtl", "scale_mode=max"),
-                          ("balancer=nash_mtl", "ridge=0"), ("balancer=gradnorm", "alpha=-1")]:
-        cfg = compose_cfg([override, f"balancer.{key}"])
-        with pytest.raises(UserError, match=f"balancer.{key.split('=')[0]}"):
+                          ("balancer=nash_mtl", "ridge=0"), ("balancer=gradnorm", "alpha=-1"),
+                          ("balancer=static", "weights.d=2")]:
+        cfg = compose_cfg([override, f"+balancer.{key}" if "weights." in key else f"balancer.{key}"])
+        param, value = key.split("=")
+        with pytest.raises(UserError) as e:
             build(cfg.balancer, "balancer", tasks=TASKS)
+        message = str(e.value)
+        # The parameter's config key: `balancer.<param>`, or the builder's key and the parameter's name.
+        param = param.split(".")[0]
+        assert re.search(rf"balancer\.{param}\b|\bbalancer\b.*Parameter `{param}`", message), message
+        assert value in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("name", ["upgrad", "gradnorm"])
+def test_a_task_gradient_runs_only_that_task_layers_backward(name: str) -> None:
+    """Per-task gradients come from the scalars the ``(T,)`` losses were stacked from
+    (``BalanceContext.task_losses``): one element of the stacked tensor would run every head's
+    backward, ``T`` times the work. A caller without them gets the same numbers, at that cost."""
+    x, ys = data()
+    runs = []
+    for separate in (True, False):
+        torch.manual_seed(0)
+        model = Tiny()
+        calls = dict.fromkeys(TASKS, 0)
+        for t, head in model.heads.items():
+            head.register_full_backward_hook(lambda *_, t=t, calls=calls: calls.__setitem__(t, calls[t] + 1))
+        _, weights = step(model, make(name), x, ys, all_labeled(), separate=separate)
+        runs.append((weights, grads(model), calls))
+    (w0, g0, calls0), (w1, g1, calls1) = runs
+    assert calls0 == dict.fromkeys(TASKS, 2)  # its own gradient, then the one backward of the update
+    assert calls1 == dict.fromkeys(TASKS, len(TASKS) + 1)
+    assert torch.equal(w0, w1) and all(torch.equal(g0[k], g1[k]) for k in g0)
 
 
 class Beside(Tiny):
@@ -149,11 +220,11 @@ def test_representation_mode_weights_the_shared_gradient_and_leaves_heads_unweig
         g = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True, allow_unused=True)
         for (k, _), gi in zip(model.named_parameters(), g, strict=True):
             if gi is not None:
-                w = weights[t] if k.startswith("trunk") else 1.0
+                w = weights[TASKS.index(t)] if k.startswith("trunk") else 1.0
                 expected[k] = expected.get(k, 0) + w * gi
     for k in got:
         assert torch.allclose(got[k], expected[k], atol=1e-5), k
-    assert sorted(float(w) for w in weights.values()) != [1.0, 1.0, 1.0]  # the tasks do conflict
+    assert sorted(weights.tolist()) != [1.0, 1.0, 1.0]  # the tasks do conflict
 
 
 @pytest.mark.parametrize("method", [UPGrad, MGDA])
@@ -188,7 +259,7 @@ def test_a_task_without_labels_is_dropped_not_zeroed(method: type, mode: str) ->
     step(two, method(["a", "b"], mode=mode), x, ys, all_labeled(tasks=["a", "b"]))
     for k, g in grads(two).items():
         assert torch.allclose(dropped[k], g, atol=1e-6), k
-    assert float(weights["c"]) == 0.0 and float(weights["a"]) > 0
+    assert float(weights[C]) == 0.0 and float(weights[A]) > 0
     # Why not a zero row: it changes the answer (MGDA's min-norm point becomes 0).
     jac = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
     assert torch.allclose(MGDA(TASKS).aggregate(jac), torch.zeros(2, dtype=torch.float64))
@@ -206,11 +277,11 @@ def test_sparse_labels_give_finite_updates(name: str, mode: str | None) -> None:
         labeled = {**all_labeled(), "c": quarter if i % 4 == 0 else torch.zeros(32, dtype=torch.bool)}
         opt.zero_grad()
         losses, weights = step(model, balancer, x, ys, labeled)
-        assert all(torch.isfinite(v) for v in losses.values())
-        assert all(torch.isfinite(w) for w in weights.values())
+        assert torch.isfinite(losses).all()
+        assert torch.isfinite(weights).all()
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
         if isinstance(balancer, GradientAggregation) and i % 4:
-            assert float(weights["c"]) == 0.0
+            assert float(weights[C]) == 0.0
         opt.step()
     for buffer in balancer.buffers():
         assert torch.isfinite(buffer).all() or name == "dwa"  # DWA keeps NaN for "no mean yet"
@@ -222,7 +293,7 @@ def test_no_labelled_task_at_all_is_a_no_op() -> None:
     for name, mode in CASES:
         model = Tiny()
         _, weights = step(model, make(name, mode), x, ys, none)
-        assert all(torch.isfinite(w) for w in weights.values()), name
+        assert torch.isfinite(weights).all(), name
         assert all(p.grad is None or not p.grad.any() for p in model.parameters()), name
 
 
@@ -239,7 +310,7 @@ def test_stateful_balancers_ignore_unlabelled_steps() -> None:
         losses, _ = step(Tiny(), gn, x, ys, labeled)
         if labeled is no_c:
             assert gn.seen[2] == 0 and gn.initial_losses[2] == 0
-    assert gn.seen[2] == 1 and gn.initial_losses[2] == pytest.approx(float(losses["c"].detach()))
+    assert gn.seen[2] == 1 and gn.initial_losses[2] == pytest.approx(float(losses[C].detach()))
     assert float(gn.weights.sum()) == pytest.approx(3.0)
     # DWA: a window's mean loss counts only the steps where the task had labels.
     dwa = build(compose_cfg(["balancer=dwa", "balancer.window=2"]).balancer, "balancer", tasks=TASKS)
@@ -247,10 +318,10 @@ def test_stateful_balancers_ignore_unlabelled_steps() -> None:
     first, _ = step(model, dwa, x, ys, all_labeled(), index=0)
     step(model, dwa, x, ys, no_c, index=1)
     step(model, dwa, x, ys, no_c, index=2)  # a new window: window 0's means move to `previous`
-    assert float(dwa.previous[2]) == pytest.approx(float(first["c"].detach()))  # not half of it
+    assert float(dwa.previous[2]) == pytest.approx(float(first[C].detach()))  # not half of it
     # FAMO: an unlabelled task gets weight 0.
     _, weights = step(Tiny(), make("famo"), x, ys, no_c)
-    assert float(weights["c"]) == 0 and float(weights["a"]) > 0
+    assert float(weights[C]) == 0 and float(weights[A]) > 0
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -270,7 +341,7 @@ def test_bf16_autocast_with_normalisation_layers(norm: str) -> None:
         model = Tiny(norm=norm)
         _, weights = step(model, make(name, mode), x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.bfloat16),
                           amp=True)
-        assert all(torch.isfinite(w) for w in weights.values()), (name, mode)
+        assert torch.isfinite(weights).all(), (name, mode)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), (name, mode)
 
 
@@ -289,8 +360,8 @@ def test_fp16_with_grad_scaler(name: str, mode: str | None) -> None:
                           amp=True)
         runs.append((weights, {k: g / (scale if enabled else 1.0) for k, g in grads(model).items()}))
     (w0, g0), (w1, g1) = runs
-    for t in TASKS:
-        assert float(w1[t]) == pytest.approx(float(w0[t]), rel=2e-2, abs=1e-4), t
+    for i, t in enumerate(TASKS):
+        assert float(w1[i]) == pytest.approx(float(w0[i]), rel=2e-2, abs=1e-4), t
     for k in g0:
         assert torch.allclose(g1[k], g0[k], rtol=5e-2, atol=1e-3), k
     # Overflow: one task's loss is infinite.
@@ -307,7 +378,7 @@ def test_fp16_with_grad_scaler(name: str, mode: str | None) -> None:
     opt.zero_grad()
     _, weights = step(model, balancer, x, ys, all_labeled(), torch.autocast("cpu", dtype=torch.float16), scaler,
                       amp=True)
-    assert all(torch.isfinite(w) for w in weights.values())  # the balancer's state survived
+    assert torch.isfinite(weights).all()  # the balancer's state survived
 
 
 # ---------------------------------------------------------------- through the recipe

@@ -2,8 +2,8 @@
 
 A wholly compiled model hands back ``shared`` beside the predictions, not before them, so a
 balancer that differentiates the losses with respect to ``shared`` would see no gradient: UPGrad,
-MGDA and GradNorm silently became static weights under ``trainer.compile=true`` until the
-recipe compiled the encoders and fusion only for them (``CompiledRepresentation``).
+MGDA and GradNorm would silently train as static weights under ``trainer.compile=true``. For
+them the recipe compiles the encoders and fusion only (``CompiledRepresentation``).
 """
 
 from __future__ import annotations

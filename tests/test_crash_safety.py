@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, train
+from conftest import HANG_GUARD_S, ROOT, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmm_train import checkpoint
@@ -65,7 +65,7 @@ def crash_and_resume(tmp_path: Path, overrides: list[str], points: list[str]) ->
     crashed = tmp_path / "crashed"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(crashed), *points, "--",
-                           *overrides], capture_output=True, text=True, env=env, timeout=600)
+                           *overrides], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     ends = (crashed / "fault-points.txt").read_text().splitlines()
     assert ends == [f"{p} killed" for p in points], done.stderr[-3000:]

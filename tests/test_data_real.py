@@ -54,6 +54,7 @@ def test_diamonds_experiment_beats_the_baselines_on_a_subsample(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("espeak_ng")  # skipped without espeak-ng, except in CI (MTMM_REQUIRE_SYSTEM_DEPS=1)
 def test_av_digits_experiment_beats_the_baselines(tmp_path: Path) -> None:
     small = ["dataset.male_voices=[en-us+m3]", "dataset.female_voices=[en-us+f2]", "dataset.speeds=[120,220]",
              "dataset.pitches=[50]"]
@@ -79,6 +80,7 @@ def test_a_missing_optional_dependency_says_what_to_install(monkeypatch: pytest.
         TrainRecipe(compose_cfg(QUIET + ["dataset=av_digits", f"dataset.cache_dir={tmp_path}"]), tmp_path).setup()
 
 
+@pytest.mark.usefixtures("espeak_ng")
 def test_av_digits_clips_are_built_deterministically_by_the_script(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     spec = importlib.util.spec_from_file_location("build_av_digits", ROOT / "scripts" / "build_av_digits.py")

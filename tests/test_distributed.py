@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, run_cli, train
+from conftest import HANG_GUARD_S, ROOT, compose_cfg, run_cli, train
 
 from mtmm_train import resolvers
-from mtmm_train.builders import build
 from mtmm_train.data import InMemoryLoader
+from mtmm_train.instantiate import build
 
 # No BatchNorm: torch's SyncBatchNorm is GPU-only, and per-rank batch statistics differ from the
 # global batch's. Dropout-free, so two processes must match one process to float rounding.
@@ -96,7 +96,7 @@ def test_a_rank_without_labels_of_a_task_in_its_validation_share(tmp_path: Path,
 
 def test_a_training_split_smaller_than_one_global_batch_is_a_clear_error(tmp_path: Path) -> None:
     done = run_cli([*TORCHRUN, "dataset.num_train=6", "trainer.batch_size=8", f"hydra.run.dir={tmp_path}"],
-                   cwd=tmp_path, module="", env=ENV, timeout=120)
+                   cwd=tmp_path, module="", env=ENV)  # run_cli's hang guard: the error, not a hang
     assert done.returncode != 0
     assert "mtmm-train: error: the training split has 6 samples, fewer than one global batch " \
            "(trainer.batch_size=8 x 2 processes)" in done.stderr
@@ -111,12 +111,12 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_at_one_step_and_resume_is_ex
     proc = subprocess.Popen([sys.executable, *TORCHRUN, *args], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     log = run / "mtmm-train.log"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S  # a hang guard, not a speed limit
     while not (log.is_file() and "epoch 1:" in log.read_text()):  # training is under way
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)  # what SLURM sends torchrun before the time limit
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)  # both ranks stop: a hang fails
     stops = re.findall(r"mtmm-train: stopped by SIGTERM at step (\d+)", err)  # the ranks' lines may interleave
     assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]  # both ranks, at the same step
     assert (run / "checkpoints" / "last.pt").is_file()

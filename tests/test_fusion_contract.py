@@ -18,9 +18,9 @@ from conftest import CONFIGS, TINY, compose_cfg
 from omegaconf import DictConfig
 from torch import Tensor
 
-from mtmm_train.builders import build as build_component
 from mtmm_train.errors import UserError
 from mtmm_train.fusion import TensorFusion
+from mtmm_train.instantiate import build as build_component
 from mtmm_train.model import MultiModalModel
 from mtmm_train.recipe import TrainRecipe
 

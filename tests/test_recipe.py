@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg, train
+from conftest import HANG_GUARD_S, TINY, compose_cfg, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmm_train.errors import UserError
@@ -176,8 +176,8 @@ def test_sigterm_checkpoints_and_resume_gives_the_uninterrupted_result(accumulat
 
     original_step = TrainRecipe.optimizer_step
 
-    def step_then_signal(self: TrainRecipe) -> None:
-        original_step(self)
+    def step_then_signal(self: TrainRecipe, skip: bool = False) -> None:
+        original_step(self, skip)
         if self.step == 5:  # the scheduler of a cluster sends SIGTERM in the middle of epoch 2
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -207,8 +207,8 @@ def test_sigusr2_with_a_requeue_handler_writes_last_pt_then_calls_it(tmp_path: P
 
     original_step = TrainRecipe.optimizer_step
 
-    def step_then_signal(self: TrainRecipe) -> None:
-        original_step(self)
+    def step_then_signal(self: TrainRecipe, skip: bool = False) -> None:
+        original_step(self, skip)
         if self.step == 2:
             os.kill(os.getpid(), signal.SIGUSR2)
 
@@ -228,11 +228,11 @@ def test_sigterm_from_outside_exits_with_the_preempted_status(tmp_path: Path) ->
     cmd = [sys.executable, "-m", "mtmm_train", f"hydra.run.dir={run}", *TINY, "trainer.max_epochs=1000"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S  # a hang guard, not a speed limit
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)  # SIGTERM stops it: a hang fails
     assert proc.returncode == 3, err[-2000:]
     assert "stopped by SIGTERM" in err and "trainer.resume=auto" in err and "Traceback" not in err
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

@@ -70,7 +70,7 @@ def test_submitit_jobs_return_the_monitor_and_a_rerun_continues_each_job_in_its_
             log = (sweep / job / "mtmm-train.log").read_text()
             resumed = f"resumed from {sweep / job / 'checkpoints' / 'last.pt'}"
             assert (resumed in log) == (attempt == "rerun"), log
-        where = f"hydra.sweep.dir={sweep}"  # the rerun names the first run's folder, as the README says
+        where = f"hydra.sweep.dir={sweep}"  # the rerun names the first run's folder, as docs/sweeps.md says
     assert len(report_rows(sweep, tmp_path)) == 2
 
 

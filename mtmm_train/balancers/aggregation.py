@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from mtmm_train.balancers import torchjd_api
-from mtmm_train.balancers.base import BalanceContext, Balancer, loss_scale, representation_gramian
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import BalanceContext, Balancer, check_choice, representation_gramian, scaler_scale
 
 MODES = ("representation", "parameters")
 
@@ -39,13 +38,12 @@ class GradientAggregation(Balancer):
         mode: ``representation`` or ``parameters``.
     """
 
+    family = "aggregation"
     uses_shared_gradient = True  # the Jacobian's rows, or torchjd's cut between shared and task parts
 
     def __init__(self, tasks: list[str], mode: str = "representation") -> None:
         super().__init__(tasks)
-        if mode not in MODES:
-            raise UserError(f"balancer.mode is '{mode}'; allowed: {', '.join(MODES)}; "
-                            "e.g. balancer.mode=representation")
+        check_choice("mode", mode, MODES)
         self.mode = mode
         # Parameter space: torchjd and this class write the shared parameters' .grad themselves.
         self.writes_grads_directly = mode == "parameters"
@@ -66,14 +64,13 @@ class GradientAggregation(Balancer):
         """The aggregated update ``w(J J^T) @ J`` of a Jacobian ``(m, n)`` (in its dtype)."""
         return self.solve(jacobian @ jacobian.T).to(jacobian) @ jacobian
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+    def backward(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
         device = ctx.shared.device
-        scale = loss_scale(ctx, device)
-        scaled = [ctx.scaler.scale(losses[t]) for t in self.tasks]
+        scale = scaler_scale(ctx, device)
+        scaled = [ctx.scaler.scale(loss) for loss in ctx.separate(losses)]  # one graph per task
         counts = torch.stack([ctx.labeled_counts[t] for t in self.tasks]).float()
         step = self._through_representation if self.mode == "representation" else self._through_parameters
-        weights = step(scaled, counts, ctx, scale).to(device=device, dtype=torch.float32)
-        return dict(zip(self.tasks, weights.unbind(), strict=True))
+        return step(scaled, counts, ctx, scale).to(device=device, dtype=torch.float32)
 
     def _weights(self, gramian: Tensor, active: Tensor) -> Tensor:
         """The method's weights from the labelled tasks' rows and columns of a host Gramian; 0 elsewhere."""

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from mtmm_train.balancers import torchjd_api
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import check_choice
 
 SCALE_MODES = ("min", "median", "rmse")
 
@@ -27,9 +27,7 @@ class AlignedMTL(GradientAggregation):
 
     def __init__(self, tasks: list[str], mode: str = "representation", scale_mode: str = "min") -> None:
         super().__init__(tasks, mode)
-        if scale_mode not in SCALE_MODES:
-            raise UserError(f"balancer.scale_mode is '{scale_mode}'; allowed: {', '.join(SCALE_MODES)}; "
-                            "e.g. balancer.scale_mode=min")
+        check_choice("scale_mode", scale_mode, SCALE_MODES)
         self.scale_mode = scale_mode
         self.weighting = torchjd_api.gramian_weighting("aligned_mtl", scale_mode=scale_mode)
 

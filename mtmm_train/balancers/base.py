@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.errors import UserError
+from mtmm_train.errors import SettingError, UserError
 
 
 @dataclass
@@ -30,6 +31,8 @@ class BalanceContext:
             :meth:`reduce_gramian`) goes through it, so every process computes the same weights;
             ``labeled_counts`` are already totals over processes.
         world_size: the number of data-parallel processes.
+        task_losses: the same losses as the ``(T,)`` tensor, as the ``T`` scalars it was stacked
+            from (``training_step`` passes them); see :meth:`separate`.
     """
 
     shared: Tensor
@@ -40,6 +43,16 @@ class BalanceContext:
     amp: bool = False
     reduce: Callable[[Tensor], Tensor] = lambda x: x
     world_size: int = 1
+    task_losses: Sequence[Tensor] = ()
+
+    def separate(self, losses: Tensor) -> list[Tensor]:
+        """The ``(T,)`` losses as ``T`` scalars, each with its own graph, to differentiate one task at a time.
+
+        ``torch.autograd.grad`` of one element of a stacked tensor runs the backward of every
+        task's layers (with zero gradients for the others): ``T`` times the work of a Gramian.
+        The scalars it was stacked from do not; without them, the elements (slower, same result).
+        """
+        return list(self.task_losses) if self.task_losses else list(losses.unbind())
 
     def reduce_gramian(self, gramian: Tensor) -> Tensor:
         """The global batch's Gramian w.r.t. the representation, from this process's.
@@ -54,10 +67,17 @@ class BalanceContext:
 class Balancer(nn.Module):
     """Base of all balancers. It is a module, so learned weights train and are checkpointed.
 
+    A balancer belongs to one of two families, each with its own base class and contract:
+    :class:`~mtmm_train.balancers.weighting.LossWeighting` (implements ``loss_weights``) and
+    :class:`~mtmm_train.balancers.aggregation.GradientAggregation` (implements ``weights`` of a
+    Gramian). ``mtmm_train.balancers.all_balancers()`` finds every one by itself.
+
     Args:
         tasks: task names (passed in by the recipe).
     """
 
+    #: ``weighting`` or ``aggregation``: set by the family's base class.
+    family: ClassVar[str] = ""
     #: True when :meth:`backward` writes ``.grad`` itself instead of through autograd, so that
     #: DistributedDataParallel's hooks miss it; the recipe then averages gradients across processes.
     writes_grads_directly: bool = False
@@ -70,11 +90,15 @@ class Balancer(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
-        """Accumulate gradients into ``.grad`` for the given losses.
+    def backward(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
+        """Accumulate the gradients of the task losses into ``.grad`` (through ``ctx.scaler``).
+
+        Args:
+            losses: ``(T,)`` the task losses, in the order of :attr:`tasks`.
+            ctx: the rest of the step (:class:`BalanceContext`).
 
         Returns:
-            task -> the weight the task received this step (a detached scalar tensor).
+            ``(T,)`` the weight each task received this step, detached, on the losses' device.
         """
         raise NotImplementedError
 
@@ -87,20 +111,36 @@ class Balancer(nn.Module):
         return torch.stack([ctx.labeled_counts[t] for t in self.tasks]).gt(0).float()
 
 
-def check_number(key: str, value: object, positive: bool = False, integer: bool = False) -> None:
-    """Refuse a balancer setting that is not a (positive or non-negative) number.
+def check_number(name: str, value: object, positive: bool = False, integer: bool = False) -> None:
+    """Refuse a constructor parameter that is not a (positive or non-negative) number.
 
     Raises:
-        UserError: ``balancer.<key> should be a positive float. Found <key> = <value>``.
+        SettingError: ``c must be a non-negative float, found -1``; the builder adds where the
+            balancer sits in the config (``balancer.c must be ...``).
     """
     kinds = (int,) if integer else (int, float)
     if isinstance(value, kinds) and not isinstance(value, bool) and (value > 0 if positive else value >= 0):
         return
-    raise UserError(f"balancer.{key} should be a {'positive' if positive else 'non-negative'} "
-                    f"{'integer' if integer else 'float'}. Found {key} = {value!r}")
+    raise parameter_error(name, value, f"a {'positive' if positive else 'non-negative'} "
+                                       f"{'integer' if integer else 'float'}")
 
 
-def loss_scale(ctx: BalanceContext, device: torch.device) -> Tensor:
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Refuse a constructor parameter that is not one of ``choices``.
+
+    Raises:
+        SettingError: ``mode must be one of 'representation', 'parameters', found 'x'``.
+    """
+    if value not in choices:
+        raise parameter_error(name, value, f"one of {', '.join(map(repr, choices))}")
+
+
+def parameter_error(name: str, value: object, expected: str) -> SettingError:
+    """The one template of a refused parameter: ``<name> must be <expected>, found <value>``."""
+    return SettingError(name, f"must be {expected}, found {value!r}")
+
+
+def scaler_scale(ctx: BalanceContext, device: torch.device) -> Tensor:
     """The GradScaler's current scale as a device tensor (1 when the scaler is disabled).
 
     ``scaler.scale`` of a one returns it without reading the scale on the host.
@@ -116,10 +156,11 @@ def representation_gramian(losses: list[Tensor], shared: Tensor, scale: Tensor |
     this costs a fraction of a backward pass per task. The graph is kept for the real backward.
 
     Args:
-        losses: one scalar per task, already multiplied by ``scale`` (fp16 loss scaling keeps
-            small gradients of a half-precision representation from underflowing).
+        losses: one scalar per task, each with its own graph (:meth:`BalanceContext.separate`),
+            already multiplied by the GradScaler's ``scale`` (fp16 loss scaling keeps small
+            gradients of a half-precision representation from underflowing).
         shared: the shared representation ``(B, D)`` the losses depend on.
-        scale: the factor the losses carry; the Gramian is unscaled by it.
+        scale: the GradScaler's scale, which the losses carry; the Gramian is unscaled by it.
 
     Returns:
         ``(rows, gramian)``: the scaled gradients ``(T, B*D)`` in float32 and the unscaled
@@ -137,14 +178,14 @@ def representation_gramian(losses: list[Tensor], shared: Tensor, scale: Tensor |
         return rows, unscaled @ unscaled.T
 
 
-def task_gramian(losses: list[Tensor], ctx: BalanceContext) -> Tensor:
-    """The ``(T, T)`` Gramian of the task gradients w.r.t. ``ctx.shared`` (float32, unscaled).
+def task_gramian(losses: Tensor, ctx: BalanceContext) -> Tensor:
+    """The ``(T, T)`` Gramian of the gradients of the ``(T,)`` losses w.r.t. ``ctx.shared`` (float32, unscaled).
 
     Under data parallelism it is the Gramian of the whole global batch (:meth:`BalanceContext.reduce_gramian`).
     """
-    scale = loss_scale(ctx, ctx.shared.device)
-    return ctx.reduce_gramian(representation_gramian([ctx.scaler.scale(loss) for loss in losses], ctx.shared,
-                                                     scale)[1])
+    scale = scaler_scale(ctx, ctx.shared.device)
+    scaled = [ctx.scaler.scale(loss) for loss in ctx.separate(losses)]
+    return ctx.reduce_gramian(representation_gramian(scaled, ctx.shared, scale)[1])
 
 
 def cosine_scalars(gramian: Tensor, tasks: list[str]) -> dict[str, float]:

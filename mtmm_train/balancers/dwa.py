@@ -7,10 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer, check_number
+from mtmm_train.balancers.base import BalanceContext, check_number
+from mtmm_train.balancers.weighting import LossWeighting
 
 
-class DynamicWeightAverage(Balancer):
+class DynamicWeightAverage(LossWeighting):
     """``w = T softmax(r / temperature)`` with ``r_t = L_t(k-1) / L_t(k-2)``, the ratio of a
     task's mean loss over the last two windows (`End-to-End Multi-Task Learning with Attention
     <https://arxiv.org/abs/1803.10704>`_; the paper's windows are epochs). A task that slows
@@ -37,7 +38,7 @@ class DynamicWeightAverage(Balancer):
         self.register_buffer("before_previous", torch.full((n,), float("nan")))  # of window k-2
         self.current_window = -1
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+    def loss_weights(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
         window = ctx.step // self.window
         if window != self.current_window:
             if self.current_window >= 0:
@@ -49,12 +50,10 @@ class DynamicWeightAverage(Balancer):
             self.current_window = window
         ratio = (self.previous / self.before_previous).nan_to_num(1.0, posinf=1.0, neginf=1.0)
         weights = len(self.tasks) * torch.softmax(ratio / self.temperature, 0)
-        loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
         active = self.active_mask(ctx)
-        self.window_sum += active * ctx.reduce(loss.detach())
+        self.window_sum += active * ctx.reduce(losses.detach())
         self.window_count += active
-        ctx.scaler.scale((weights * loss).sum()).backward()
-        return dict(zip(self.tasks, weights.unbind(), strict=True))
+        return weights
 
     def get_extra_state(self) -> Any:
         return {"current_window": self.current_window}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer, check_number
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import BalanceContext, check_number, parameter_error
+from mtmm_train.balancers.weighting import LossWeighting
 
 
-class FAMO(Balancer):
+class FAMO(LossWeighting):
     """Gradient of ``sum_t z_t log L_t`` (normalised), with task logits ``xi``, ``z = softmax(xi)``,
     learned so that every task's log-loss falls at the same rate, at the cost of static weights
     (`FAMO: Fast Adaptive Multitask Optimization <https://arxiv.org/abs/2306.03792>`_).
@@ -35,23 +35,20 @@ class FAMO(Balancer):
         check_number("lr", lr)
         check_number("weight_decay", weight_decay)
         if not isinstance(min_loss, (int, float)):
-            raise UserError(f"balancer.min_loss should be a float. Found min_loss = {min_loss!r}")
+            raise parameter_error("min_loss", min_loss, "a float")
         self.lr, self.weight_decay, self.min_loss = float(lr), float(weight_decay), float(min_loss)
         n = len(self.tasks)
         self.register_buffer("logits", torch.zeros(n))
         self.register_buffer("previous_log_loss", torch.zeros(n))
         self.register_buffer("previous_active", torch.zeros(n))
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+    def loss_weights(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
         active = self.active_mask(ctx)
-        loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
-        gap = (ctx.reduce(loss.detach()) - self.min_loss).clamp_min(1e-8)
+        gap = (ctx.reduce(losses.detach()) - self.min_loss).clamp_min(1e-8)
         self._update_logits(gap.log(), active)
         z = torch.softmax(self.logits, 0)
         share = active * z / gap
-        weights = share * active.sum() / share.sum().clamp_min(1e-30)
-        ctx.scaler.scale((weights * loss).sum()).backward()
-        return dict(zip(self.tasks, weights.unbind(), strict=True))
+        return share * active.sum() / share.sum().clamp_min(1e-30)
 
     @torch.no_grad()
     def _update_logits(self, log_loss: Tensor, active: Tensor) -> None:

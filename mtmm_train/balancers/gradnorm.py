@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer, check_number, task_gramian
+from mtmm_train.balancers.base import BalanceContext, check_number, task_gramian
+from mtmm_train.balancers.weighting import LossWeighting
 
 
-class GradNorm(Balancer):
+class GradNorm(LossWeighting):
     """Learned weights ``w_t`` (sum ``T``) pushed so that each weighted gradient norm
     ``|w_t grad L_t|`` tends to the mean norm times ``r_t^alpha``, where ``r_t`` is the task's
     loss relative to its first loss, over the mean ratio (`GradNorm
@@ -40,15 +41,13 @@ class GradNorm(Balancer):
         self.register_buffer("initial_losses", torch.zeros(n))
         self.register_buffer("seen", torch.zeros(n))
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+    def loss_weights(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
         active = self.active_mask(ctx)
-        loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
-        weights = self.weights.clone()
+        weights = self.weights.clone()  # this step's; the update below is for the next step
         # Norms of the (unweighted) per-task gradients w.r.t. the shared representation.
-        norms = task_gramian([losses[t] for t in self.tasks], ctx).diagonal().clamp_min(0).sqrt()  # (T,)
-        ctx.scaler.scale((weights * loss).sum()).backward()
-        self._update(ctx.reduce(loss.detach()), norms, active)
-        return dict(zip(self.tasks, weights.unbind(), strict=True))
+        norms = task_gramian(losses, ctx).diagonal().clamp_min(0).sqrt()  # (T,)
+        self._update(ctx.reduce(losses.detach()), norms, active)
+        return weights
 
     @torch.no_grad()
     def _update(self, loss: Tensor, norms: Tensor, active: Tensor) -> None:

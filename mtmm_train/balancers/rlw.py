@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.balancers.base import BalanceContext
+from mtmm_train.balancers.weighting import LossWeighting
 
 
-class RandomWeighting(Balancer):
+class RandomWeighting(LossWeighting):
     """Weights drawn each step as ``softmax(z)``, ``z ~ N(0, I)``, over the tasks that have
     labels in the batch (`Reasonable Effectiveness of Random Weighting
     <https://arxiv.org/abs/2111.10603>`_); scaled by the number of those tasks, so that the
@@ -20,11 +21,8 @@ class RandomWeighting(Balancer):
         tasks: task names (passed in by the recipe).
     """
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
+    def loss_weights(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
         active = self.active_mask(ctx)
-        loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
-        logits = torch.randn(len(self.tasks), device=loss.device)
+        logits = torch.randn(len(self.tasks), device=losses.device)
         # Unlabelled tasks get no share; with no labelled task at all every weight is 0.
-        weights = torch.softmax(logits.masked_fill(active == 0, -torch.inf), 0).nan_to_num(0.0) * active.sum()
-        ctx.scaler.scale((weights * loss).sum()).backward()
-        return dict(zip(self.tasks, weights.unbind(), strict=True))
+        return torch.softmax(logits.masked_fill(active == 0, -torch.inf), 0).nan_to_num(0.0) * active.sum()

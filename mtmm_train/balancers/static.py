@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtmm_train.balancers.base import BalanceContext, Balancer
-from mtmm_train.errors import UserError
+from mtmm_train.balancers.base import BalanceContext, parameter_error
+from mtmm_train.balancers.weighting import LossWeighting
 
 
-class StaticWeights(Balancer):
+class StaticWeights(LossWeighting):
     """Fixed per-task weights; a task not listed gets 1.
 
     Args:
@@ -22,17 +22,15 @@ class StaticWeights(Balancer):
         weights = dict(weights or {})
         for t, w in weights.items():
             if t not in self.tasks:
-                raise UserError(f"balancer.weights has unknown task '{t}'; tasks: {', '.join(self.tasks)}")
+                raise parameter_error("weights", weights, f"a map from the tasks ({', '.join(self.tasks)}) to "
+                                                          f"weights, and '{t}' is no task")
             if not isinstance(w, (int, float)) or w < 0:
-                raise UserError(f"balancer.weights.{t} should be a non-negative number. Found {t} = {w!r}")
-        self.factors = [float(weights.get(t, 1.0)) for t in self.tasks]
-        self.register_buffer("weights", torch.tensor(self.factors), persistent=False)
+                raise parameter_error(f"weights.{t}", w, "a non-negative float")
+        self.register_buffer("weights", torch.tensor([float(weights.get(t, 1.0)) for t in self.tasks]),
+                             persistent=False)
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
-        # Python-float factors, and none at all for weight 1: no extra kernels in the hot path.
-        total = sum(losses[t] if w == 1.0 else w * losses[t] for w, t in zip(self.factors, self.tasks, strict=True))
-        ctx.scaler.scale(total).backward()
-        return dict(zip(self.tasks, self.weights.unbind(), strict=True))
+    def loss_weights(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
+        return self.weights
 
     def extra_repr(self) -> str:
         return f"weights={dict(zip(self.tasks, self.weights.tolist(), strict=True))}"

@@ -55,7 +55,8 @@ def gramian_weighting(name: str, **params: object) -> Callable[[Tensor], Tensor]
         The weighting; call it on a float32 or float64 Gramian.
 
     Raises:
-        UserError: torchjd (or quadprog for UPGrad) is missing, or a parameter is refused.
+        UserError: torchjd (or quadprog for UPGrad) is missing.
+        ValueError: torchjd refused a parameter.
     """
     agg = _torchjd().aggregation
     try:
@@ -72,8 +73,8 @@ def gramian_weighting(name: str, **params: object) -> Callable[[Tensor], Tensor]
             return agg.AlignedMTLWeighting(scale_mode=params["scale_mode"])
     except ImportError as e:
         raise UserError(f"balancer {name} needs an optional dependency of torchjd ({e}); {INSTALL_HINT}") from None
-    except ValueError as e:
-        raise UserError(f"balancer {name}: {e}") from None
+    except ValueError as e:  # the builder names the config key
+        raise ValueError(f"torchjd's {name} weighting refused a parameter: {e}") from None
     raise ValueError(f"no torchjd weighting named {name!r}")
 
 

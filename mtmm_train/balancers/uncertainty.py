@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.balancers.base import BalanceContext
+from mtmm_train.balancers.weighting import LossWeighting
 
 
-class UncertaintyWeighting(Balancer):
+class UncertaintyWeighting(LossWeighting):
     """``L = sum_t exp(-s_t) L_t + s_t`` with learned log-variances ``s_t`` (trained by the
     model's optimizer), from `Multi-Task Learning Using Uncertainty to Weigh Losses
     <https://arxiv.org/abs/1705.07115>`_ in the common form without the 1/2 factors (so every
@@ -27,13 +28,11 @@ class UncertaintyWeighting(Balancer):
         self.init_log_var = float(init_log_var)
         self.log_vars = nn.Parameter(torch.full((len(self.tasks),), self.init_log_var))
 
-    def backward(self, losses: dict[str, Tensor], ctx: BalanceContext) -> dict[str, Tensor]:
-        active = self.active_mask(ctx)
-        loss = torch.stack([losses[t] for t in self.tasks])  # (T,)
-        precision = torch.exp(-self.log_vars)
-        total = (active * (precision * loss + self.log_vars)).sum()
-        ctx.scaler.scale(total).backward()
-        return dict(zip(self.tasks, precision.detach().unbind(), strict=True))
+    def loss_weights(self, losses: Tensor, ctx: BalanceContext) -> Tensor:
+        return torch.exp(-self.log_vars)  # the precisions, learned: differentiated in the objective
+
+    def objective(self, losses: Tensor, weights: Tensor, ctx: BalanceContext) -> Tensor:
+        return (self.active_mask(ctx) * (weights * losses + self.log_vars)).sum()
 
     def extra_repr(self) -> str:
         return f"init_log_var={self.init_log_var}"

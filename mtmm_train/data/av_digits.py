@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mtmm_train import fileio
 from mtmm_train.batch import ModalitySpec, TaskSpec
 from mtmm_train.data.audio import log_mel, mel_filterbank, read_wav, resample
 from mtmm_train.data.base import MultiModalData, TensorSplit
@@ -96,10 +97,7 @@ def build_clips(cache_dir: str, male_voices: list[str], female_voices: list[str]
         "gender": torch.tensor([GENDERS.index(voices[c[1]]) for c in combos]),
         "speed": torch.tensor([float(c[2]) for c in combos]),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".tmp")
-    torch.save(payload, tmp_path)
-    tmp_path.replace(path)
+    fileio.save_torch(payload, path)  # atomic; a unique temporary file, so two runs may build it at once
     return path
 
 

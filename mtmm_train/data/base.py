@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,11 +60,16 @@ class MultiModalData:
         modalities: name -> :class:`ModalitySpec`, in a fixed order.
         tasks: name -> :class:`TaskSpec`, in a fixed order.
         splits: ``"train"``, ``"val"`` and optionally ``"test"`` -> :class:`TensorSplit`.
+        learned: ``modalities.<name>`` or ``tasks.<name>`` -> what its reader learned from the
+            training split, as plain data (class names, standardisation statistics, a digest of
+            the vocabulary; see ``Reader.learned``). Part of the data's fingerprint, which a
+            resumed run must match (:func:`mtmm_train.checkpoint.data_fingerprint`).
     """
 
     modalities: dict[str, ModalitySpec]
     tasks: dict[str, TaskSpec]
     splits: dict[str, TensorSplit]
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def select(self, modalities: list[str], tasks: list[str]) -> MultiModalData:
         """Keep only the given modalities and tasks (in the given order)."""
@@ -71,4 +77,6 @@ class MultiModalData:
             {m: self.modalities[m] for m in modalities},
             {t: self.tasks[t] for t in tasks},
             {k: s.select(modalities, tasks) for k, s in self.splits.items()},
+            {k: v for k, v in self.learned.items()
+             if k in {f"modalities.{m}" for m in modalities} | {f"tasks.{t}" for t in tasks}},
         )

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtmm_train import fileio
 from mtmm_train.batch import ModalitySpec, TaskSpec
 from mtmm_train.data.base import MultiModalData, TensorSplit
 
@@ -26,7 +25,7 @@ __all__ = ["CACHE_VERSION", "cache_key", "file_digest", "load_cached", "save_cac
 
 log = logging.getLogger("mtmm_train")
 
-CACHE_VERSION = 1  # bump when the decoding code changes what it produces
+CACHE_VERSION = 2  # bump when the decoding code changes what it produces (2: entries keep `learned`)
 
 
 def file_digest(path: Path) -> str:
@@ -46,33 +45,40 @@ def cache_key(content_digest: str, settings: dict[str, Any]) -> str:
 
 
 def save_cached(path: Path, data: MultiModalData) -> None:
-    """Write ``data`` to ``path`` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` atomically (a reader never sees half a file; a full disk leaves none).
+
+    Raises:
+        mtmm_train.fileio.WriteError: the entry could not be written.
+    """
     payload = {
         "modalities": [asdict(s) for s in data.modalities.values()],
         "tasks": [asdict(s) for s in data.tasks.values()],
+        "learned": data.learned,
         "splits": {k: {"inputs": s.inputs, "present": s.present, "targets": s.targets, "labeled": s.labeled}
                    for k, s in data.splits.items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    fileio.save_torch(payload, path)
 
 
 def load_cached(path: Path, mmap: bool = False) -> MultiModalData | None:
     """Load a cache entry, or None if there is none (or it is unreadable, e.g. cut short).
 
+    None means the caller decodes the data and :func:`save_cached` writes it: so on a miss the
+    cache folder is checked now, before minutes of decoding, not when the entry is written. A
+    read-only cache folder that already holds the entry is fine.
+
     Args:
         path: the entry.
         mmap: memory-map the tensors instead of reading them (for data larger than memory:
             pages are read when a batch touches them).
+
+    Raises:
+        UserError: no entry, and the cache folder cannot take one (a file, read-only, ...).
     """
     if not path.is_file():
+        fix = "point dataset.cache_dir (or MTMM_CACHE_DIR) at a writable folder"
+        fileio.check_folder(path.parent, "the dataset cache folder", fix + (
+            ", or pass dataset.cache=false" if path.parent.name == "files" else ""))
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -84,4 +90,4 @@ def load_cached(path: Path, mmap: bool = False) -> MultiModalData | None:
     tasks = {d["name"]: TaskSpec(d["name"], d["kind"], d["dim"]) for d in payload["tasks"]}
     splits = {k: TensorSplit(s["inputs"], s["present"], s["targets"], s["labeled"])
               for k, s in payload["splits"].items()}
-    return MultiModalData(modalities, tasks, splits)
+    return MultiModalData(modalities, tasks, splits, payload.get("learned") or {})

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from mtmm_train.builders import build
 from mtmm_train.data.base import MultiModalData, TensorSplit
 from mtmm_train.data.cache import cache_key, file_digest, load_cached, save_cached
-from mtmm_train.data.manifest import Table, is_empty, read_manifest
+from mtmm_train.data.manifest import Table, check_manifest_path, delimiter_hint, is_empty, read_manifest
 from mtmm_train.data.readers.base import (
     MAX_LISTED,
     UNSEEN_POLICIES,
@@ -28,10 +27,12 @@ from mtmm_train.data.readers.base import (
     ReadContext,
     TargetReader,
     check_finite,
+    check_scalar_cells,
     resolve,
 )
 from mtmm_train.data.splits import SPLITS, assign_splits
 from mtmm_train.errors import UserError, check
+from mtmm_train.instantiate import build
 
 __all__ = ["build_readers", "files", "from_frame", "from_table"]
 
@@ -41,7 +42,7 @@ log = logging.getLogger("mtmm_train")
 def files(manifest: str | None, modalities: dict[str, Any], tasks: dict[str, Any], format: str = "auto",
           split_column: str | None = None, split_ratios: list[float] = (0.8, 0.1, 0.1), seed: int = 0,
           unseen_classes: str = "error", cache: bool = True, cache_dir: str = "~/.cache/mtmm-train",
-          mmap: bool = False, num_workers: int = 2) -> MultiModalData:
+          mmap: bool = False, num_workers: int = 2, delimiter: str = "auto", encoding: str = "utf-8") -> MultiModalData:
     """Read, check, decode (or load from the cache) a manifest dataset.
 
     Args:
@@ -59,6 +60,10 @@ def files(manifest: str | None, modalities: dict[str, Any], tasks: dict[str, Any
         mmap: memory-map the cached tensors instead of reading them into memory (with
             ``loader=dataloader`` for data larger than memory).
         num_workers: DataLoader workers that decode files.
+        delimiter: a CSV's delimiter: ``auto`` (detected among ``, ; tab |``) or the character
+            (``tab`` for a tab).
+        encoding: the text encoding of a CSV or JSONL manifest (``utf-8``, ``latin-1``, ...); a
+            UTF-8 byte-order mark is skipped.
 
     Returns:
         The data, with splits ``train``, ``val`` and (when it has rows) ``test``.
@@ -69,7 +74,7 @@ def files(manifest: str | None, modalities: dict[str, Any], tasks: dict[str, Any
     check(manifest is not None, "dataset.manifest is not set; point it to your CSV, Parquet or JSONL file, e.g. "
           "dataset.manifest=data/manifest.csv")
     path = Path(str(manifest)).expanduser().resolve()
-    check(path.is_file(), f"dataset.manifest '{manifest}' does not exist; point it to a CSV, Parquet or JSONL file")
+    check_manifest_path(path, manifest)
     check(unseen_classes in UNSEEN_POLICIES, f"dataset.unseen_classes must be one of {', '.join(UNSEEN_POLICIES)}, "
           f"found '{unseen_classes}'")
     check(isinstance(num_workers, int) and num_workers >= 0,
@@ -77,9 +82,11 @@ def files(manifest: str | None, modalities: dict[str, Any], tasks: dict[str, Any
     mod_readers = build_readers(modalities, "modalities", ModalityReader)
     task_readers = build_readers(tasks, "tasks", TargetReader)
 
-    table = read_manifest(path, format)
+    table = read_manifest(path, format, delimiter, encoding)
     settings = {"format": format, "modalities": modalities, "tasks": tasks, "split_column": split_column,
                 "split_ratios": list(split_ratios), "seed": seed, "unseen_classes": unseen_classes}
+    if (delimiter, encoding) != ("auto", "utf-8"):  # only when set: the default keeps existing cache entries
+        settings.update(delimiter=delimiter, encoding=encoding)
     if cache:  # the files the manifest names count too: an image edited in place builds a new entry
         settings["files"] = media_digest(table, path.parent, {**mod_readers, **task_readers})
     entry = Path(cache_dir).expanduser() / "files" / f"{path.stem}-{cache_key(file_digest(path), settings)}.pt"
@@ -89,7 +96,7 @@ def files(manifest: str | None, modalities: dict[str, Any], tasks: dict[str, Any
             log.info("dataset: loaded %s from the cache %s", path.name, entry)
             return data
     data = from_table(table, path.parent, mod_readers, task_readers, split_column, list(split_ratios), seed,
-                      unseen_classes, num_workers)
+                      unseen_classes, num_workers, manifest=path)
     if cache:
         save_cached(entry, data)
         log.info("dataset: decoded %s and cached it in %s", path.name, entry)
@@ -121,7 +128,7 @@ def build_readers(nodes: dict[str, Any], group: str, base: type) -> dict[str, An
 
 def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], tasks: dict[str, TargetReader],
                split_column: str | None, split_ratios: list[float], seed: int, unseen_classes: str = "error",
-               num_workers: int = 0) -> MultiModalData:
+               num_workers: int = 0, manifest: Path | None = None) -> MultiModalData:
     """Turn a table (a manifest, or a data frame's columns) into :class:`MultiModalData`.
 
     Args:
@@ -130,6 +137,7 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
         modalities: modality name -> its reader.
         tasks: task name -> its target reader.
         split_column, split_ratios, seed, unseen_classes, num_workers: as in :func:`files`.
+        manifest: the file the table was read from, for messages.
 
     Raises:
         UserError: missing columns, missing files, bad splits, or what a reader refuses.
@@ -139,12 +147,13 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
     absent = [(key, c) for key, r in readers.items() for c in r.columns() if c not in table]
     if absent:
         listed = "; ".join(f"dataset.{key} reads column '{c}'" for key, c in absent)
-        raise UserError(f"{listed}, which the manifest does not have; its columns: {', '.join(table)}")
+        raise UserError(f"{listed}, which the manifest does not have; its columns: {', '.join(table)}"
+                        f"{delimiter_hint(list(table), [c for _, c in absent])}")
     num_rows = len(next(iter(table.values())))
     split = assign_splits(table, num_rows, split_column, split_ratios, seed)
-    check_files(table, root, readers)
+    check_files(table, root, readers, manifest)
 
-    columns = {key: r.read(table, ReadContext(f"dataset.{key}", root, split, num_workers, unseen_classes))
+    columns = {key: r.read(table, ReadContext(f"dataset.{key}", root, split, num_workers, unseen_classes, manifest))
                for key, r in readers.items()}
     for key, c in columns.items():  # e.g. NaN inside a .npy file, or statistics that overflowed
         check_finite(c, f"dataset.{key}", table[readers[key].columns()[0]] if readers[key].reads_files else None)
@@ -169,7 +178,7 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
             check(bool(splits[name].labeled[t].any()), f"dataset.tasks.{t}: the '{name}' split has no label for it; "
                   "fill its column or change the split")
     data = MultiModalData({m: r.spec() for m, r in modalities.items()}, {t: r.spec() for t, r in tasks.items()},
-                          splits)
+                          splits, {key: r.learned() for key, r in readers.items()})
     log.info("dataset: %s rows (%s); modalities %s; tasks %s", num_rows,
              ", ".join(f"{k} {len(s)}" for k, s in splits.items()),
              ", ".join(f"{m} {s.kind}{list(s.shape)}" for m, s in data.modalities.items()),
@@ -198,14 +207,22 @@ def media_digest(table: Table, root: Path, readers: dict[str, ModalityReader | T
     return h.hexdigest()
 
 
-def check_files(table: Table, root: Path, readers: dict[str, ModalityReader | TargetReader]) -> None:
-    """Fail, before decoding anything, if files named by the manifest do not exist."""
+def check_files(table: Table, root: Path, readers: dict[str, ModalityReader | TargetReader],
+                manifest: Path | None = None) -> None:
+    """Fail, before decoding anything, if files named by the manifest do not exist (or are folders)."""
     problems = []
     for key, r in readers.items():
         if not r.reads_files:
             continue
+        check_scalar_cells(table[r.column], f"dataset.{key}", r.column, "a file path", manifest)
         cells = [v for v in table[r.column] if not is_empty(v)]
-        missing = [p for p in (resolve(root, v) for v in cells) if not p.is_file()]
+        paths = [resolve(root, v) for v in cells]
+        folders = [p for p in paths if p.is_dir()]
+        if folders:
+            listed = ", ".join(str(p) for p in folders[:MAX_LISTED])
+            raise UserError(f"dataset.{key} (column '{r.column}'): {len(folders)} of {len(cells)} paths are "
+                            f"directories, e.g. {listed}; give a file in each cell (or empty the cell)")
+        missing = [p for p in paths if not p.is_file()]
         if missing:
             listed = ", ".join(str(p) for p in missing[:MAX_LISTED])
             problems.append(f"dataset.{key} (column '{r.column}'): {len(missing)} of {len(cells)} files not found, "

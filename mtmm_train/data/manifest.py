@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -11,10 +13,15 @@ from typing import Any
 from mtmm_train.data.optional import require
 from mtmm_train.errors import UserError, check
 
-__all__ = ["FORMATS", "Table", "is_empty", "manifest_format", "read_manifest"]
+__all__ = ["DELIMITERS", "FORMATS", "Table", "check_manifest_path", "delimiter_hint", "is_empty", "manifest_format",
+           "read_manifest"]
 
 FORMATS = ("csv", "parquet", "jsonl")
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+            ".ndjson": "jsonl"}
+DELIMITERS = (",", ";", "\t", "|")  # what dataset.delimiter=auto chooses from
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t"}  # dataset.delimiter=tab (or '\t' as typed on a command line)
+SNIFF_LINES = 50  # lines csv.Sniffer looks at
 
 Table = dict[str, list[Any]]
 """Column name -> one value per row (strings from CSV; numbers, lists or None from Parquet/JSONL)."""
@@ -46,48 +53,150 @@ def manifest_format(path: Path, format: str = "auto") -> str:
     return found
 
 
-def read_manifest(path: Path, format: str = "auto") -> Table:
+def check_manifest_path(path: Path, given: Any = None) -> None:
+    """``dataset.manifest`` must name an existing file (a folder gets its own message, with a file in it).
+
+    Args:
+        path: the resolved path.
+        given: the setting as written, for the message (default: ``path``).
+    """
+    given = path if given is None else given
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        raise UserError(f"dataset.manifest '{given}' is a directory; give a file, e.g. dataset.manifest="
+                        f"{path / (found[0] if found else 'manifest.csv')}")
+    check(path.is_file(), f"dataset.manifest '{given}' does not exist; point it to a CSV, Parquet or JSONL file")
+
+
+def read_manifest(path: Path, format: str = "auto", delimiter: str = "auto", encoding: str = "utf-8") -> Table:
     """Read every row of the manifest at ``path``.
 
     Args:
         path: the manifest file.
         format: ``auto`` (from the suffix), ``csv``, ``parquet`` or ``jsonl``.
+        delimiter: of a CSV: ``auto`` (``csv.Sniffer`` among ``, ; tab |``; ``,`` when it cannot
+            tell), or the character (``tab`` for a tab).
+        encoding: of a CSV or JSONL file (any Python codec name); a UTF-8 byte-order mark is skipped.
 
     Returns:
         The columns, each a list with one value per row.
 
     Raises:
-        UserError: the file is missing, malformed, or has no rows.
+        UserError: the file is missing, malformed, not in ``encoding``, or has no rows.
     """
-    check(path.is_file(), f"dataset.manifest '{path}' does not exist; point it to a CSV, Parquet or JSONL file")
+    check_manifest_path(path)
     fmt = manifest_format(path, format)
-    table = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}[fmt](path)
+    codec = _codec(encoding)
+    sep = _delimiter(delimiter)
+    try:
+        if fmt == "csv":
+            table = _read_csv(path, sep, codec)
+        elif fmt == "jsonl":
+            table = _read_jsonl(path, codec)
+        else:
+            table = _read_parquet(path)
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, codec, encoding, e) from None
     rows = len(next(iter(table.values()))) if table else 0
     check(rows > 0, f"dataset.manifest '{path}' has no rows; it needs a header and one row per sample")
     return table
 
 
-def _read_csv(path: Path) -> Table:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        check(bool(header), f"dataset.manifest '{path}' is empty; it needs a header row with the column names")
-        _check_header(path, header)
-        table: Table = {name: [] for name in header}
-        for row in reader:
-            if not row:  # blank line
-                continue
-            if len(row) != len(header):
-                raise UserError(f"dataset.manifest '{path}' line {reader.line_num} has {len(row)} fields, the header "
-                                f"has {len(header)}; quote cells that contain commas")
-            for name, value in zip(header, row, strict=True):
-                table[name].append(value)
+def _codec(encoding: str) -> str:
+    """The codec to read with: ``dataset.encoding`` checked; UTF-8 as ``utf-8-sig`` (a byte-order mark is skipped)."""
+    try:
+        name = codecs.lookup(str(encoding)).name
+    except LookupError:
+        raise UserError(f"dataset.encoding is '{encoding}', which is not a text encoding Python knows; e.g. "
+                        "dataset.encoding=utf-8, latin-1 or cp1252") from None
+    return "utf-8-sig" if name == "utf-8" else str(encoding)
+
+
+def _delimiter(delimiter: str) -> str | None:
+    """``dataset.delimiter`` checked: one character, or None for ``auto``."""
+    text = str(delimiter)
+    if text == "auto":
+        return None
+    text = DELIMITER_NAMES.get(text.lower(), text)
+    check(len(text) == 1 and text not in "\"\r\n", f"dataset.delimiter must be auto or one character "
+          f"(e.g. ',', ';', '|' or tab), found {delimiter!r}")
+    return text
+
+
+def _decode_error(path: Path, codec: str, encoding: str, error: UnicodeDecodeError) -> UserError:
+    """Name the file, the line and the byte that ``encoding`` cannot decode (the reader decodes in chunks,
+    so the line is found again in the raw bytes)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode(codec)
+        where, byte = 0, error.object[error.start:error.start + 1]
+    except UnicodeDecodeError as e:
+        where, byte = e.start, raw[e.start:e.start + 1]
+    line = raw.count(b"\n", 0, where) + 1
+    return UserError(f"dataset.manifest '{path}' line {line} is not {encoding} text (byte 0x{byte.hex()}); set the "
+                     "file's encoding, e.g. dataset.encoding=latin-1 (or cp1252), or save it as UTF-8")
+
+
+def sniff_delimiter(path: Path, codec: str) -> str:
+    """The delimiter of a CSV file: what ``csv.Sniffer`` finds among :data:`DELIMITERS` in the first lines,
+    unless another one splits the header into more columns; ``,`` when nothing splits it."""
+    with path.open(newline="", encoding=codec) as f:
+        sample = "".join(itertools.islice(f, SNIFF_LINES))
+    if not sample.strip():
+        return ","
+    header = sample.splitlines()[0]
+    fields = {d: len(next(csv.reader([header], delimiter=d), [])) for d in DELIMITERS}
+    try:
+        sniffed = csv.Sniffer().sniff(sample, delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        sniffed = None
+    most = max(DELIMITERS, key=lambda d: fields[d])  # ties: the first, "," before the others
+    if sniffed in fields and fields[sniffed] >= fields[most]:
+        return sniffed
+    return most if fields[most] > 1 else ","
+
+
+def delimiter_hint(columns: list[str], wanted: list[str]) -> str:
+    """``; the header looks separated by ';' ...`` when a column name, split at another delimiter, holds
+    a column that was looked for (``a;b;photo``); else ``""``."""
+    for name in columns:
+        for d in DELIMITERS:
+            if set(wanted) & {p.strip() for p in str(name).split(d)}:
+                # the override quoted for the shell (; would end the command)
+                shown = "tab" if d == "\t" else f"'{d}'"
+                setting = "dataset.delimiter=tab" if d == "\t" else f"\"dataset.delimiter='{d}'\""
+                return f"; the header looks separated by {shown} (column '{name}'): set {setting}"
+    return ""
+
+
+def _read_csv(path: Path, delimiter: str | None, codec: str = "utf-8-sig") -> Table:
+    sep = delimiter or sniff_delimiter(path, codec)
+    shown = "tab" if sep == "\t" else repr(sep)
+    with path.open(newline="", encoding=codec) as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            header = next(reader, None)
+            check(bool(header), f"dataset.manifest '{path}' is empty; it needs a header row with the column names")
+            _check_header(path, header)
+            table: Table = {name: [] for name in header}
+            for row in reader:
+                if not row:  # blank line
+                    continue
+                if len(row) != len(header):
+                    raise UserError(f"dataset.manifest '{path}' line {reader.line_num} has {len(row)} fields, the "
+                                    f"header has {len(header)} (delimiter {shown}); quote cells that contain the "
+                                    "delimiter, or set dataset.delimiter")
+                for name, value in zip(header, row, strict=True):
+                    table[name].append(value)
+        except csv.Error as e:
+            raise UserError(f"dataset.manifest '{path}' line {reader.line_num + 1} cannot be read as CSV ({e}); fix "
+                            "the line, or check dataset.encoding and dataset.delimiter") from None
     return table
 
 
-def _read_jsonl(path: Path) -> Table:
+def _read_jsonl(path: Path, codec: str = "utf-8-sig") -> Table:
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=codec) as f:
         for line_num, line in enumerate(f, 1):
             if not line.strip():
                 continue

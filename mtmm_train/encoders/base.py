@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.errors import UserError
+from mtmm_train.errors import KEY, ComponentError, SettingError
 
 
 class Encoder(nn.Module):
@@ -19,6 +19,9 @@ class Encoder(nn.Module):
     Args:
         modality: the spec of the modality this encoder reads.
         kinds: the modality kinds the encoder accepts.
+
+    Raises:
+        ComponentError: the modality is of a kind the encoder cannot read.
     """
 
     out_dim: int
@@ -26,13 +29,12 @@ class Encoder(nn.Module):
     def __init__(self, modality: ModalitySpec, kinds: tuple[str, ...]) -> None:
         super().__init__()
         if modality.kind not in kinds:
-            raise UserError(
-                f"model.encoders.{modality.name}: {type(self).__name__} reads {' or '.join(kinds)} input, but "
-                f"modality '{modality.name}' is {modality.kind} with shape {modality.shape}; choose another "
-                f"encoder, e.g. encoder@model.encoders.{modality.name}={SUGGESTED[modality.kind]}"
+            raise ComponentError(
+                f"{type(self).__name__} reads {' or '.join(kinds)} input, but modality '{modality.name}' is "
+                f"{modality.kind} with shape {modality.shape}; choose another encoder, e.g. "
+                f"encoder@{KEY}={SUGGESTED[modality.kind]}"
             )
         self.modality = modality.name
-        self.key = f"model.encoders.{modality.name}"  # where its settings sit, for error messages
 
     def tokens(self, x: Tensor) -> Tensor:
         """Encode ``x`` ``(B, *shape)`` into tokens ``(B, L, D)``."""
@@ -46,24 +48,25 @@ class Encoder(nn.Module):
         return f"modality={self.modality!r}, out_dim={self.out_dim}"
 
 
-def check_sizes(key: str, **sizes: Any) -> None:
+def check_sizes(**sizes: Any) -> None:
     """Refuse sizes (widths, channels, layers, heads) below 1 before a layer is allocated; None passes.
 
+    Shared by encoders, fusions and MTL architectures.
+
     Args:
-        key: where the settings sit in the config (``model.encoders.image``, ``fusion``).
         sizes: setting name -> an integer, a list of integers, or None.
 
     Raises:
-        UserError: ``<key>.<name> must be ... >= 1, found <value>; ...`` for the first bad setting.
+        SettingError: ``<name> must be ... >= 1, found <value>; ...`` for the first bad setting.
     """
     for name, value in sizes.items():
         many = isinstance(value, list | tuple)
         values = list(value) if many else [value]
         if all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) for v in values):
             continue
-        fix = f"give positive integers, e.g. {key}.{name}=[64]" if many else f"give a positive integer, e.g. " \
-            f"{key}.{name}=64"
-        raise UserError(f"{key}.{name} must be {'sizes' if many else 'a size'} >= 1, found {value!r}; {fix}")
+        fix = f"give positive integers, e.g. {KEY}.{name}=[64]" if many else f"give a positive integer, e.g. " \
+            f"{KEY}.{name}=64"
+        raise SettingError(name, f"must be {'sizes' if many else 'a size'} >= 1, found {value!r}; {fix}")
 
 
 SUGGESTED = {"image": "cnn", "sequence": "conv1d", "tokens": "embedding_bag", "vector": "mlp"}

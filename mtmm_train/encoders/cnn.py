@@ -27,7 +27,7 @@ class CNNEncoder(Encoder):
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, channels: tuple[int, ...] = (16, 32),
                  convs_per_block: int = 1, batch_norm: bool = True, channels_last: bool = False) -> None:
         super().__init__(modality, kinds=("image",))
-        check_sizes(self.key, out_dim=out_dim, channels=channels, convs_per_block=convs_per_block)
+        check_sizes(out_dim=out_dim, channels=channels, convs_per_block=convs_per_block)
         self.out_dim = out_dim
         layers: list[nn.Module] = []
         c_in = modality.shape[0]

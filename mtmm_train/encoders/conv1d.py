@@ -22,7 +22,7 @@ class Conv1dEncoder(Encoder):
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, channels: tuple[int, ...] = (32, 32),
                  kernel_size: int = 5, batch_norm: bool = True) -> None:
         super().__init__(modality, kinds=("sequence",))
-        check_sizes(self.key, out_dim=out_dim, channels=channels, kernel_size=kernel_size)
+        check_sizes(out_dim=out_dim, channels=channels, kernel_size=kernel_size)
         self.out_dim = out_dim
         layers: list[nn.Module] = []
         c_in = modality.shape[0]

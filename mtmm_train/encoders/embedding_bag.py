@@ -20,7 +20,7 @@ class EmbeddingBagEncoder(Encoder):
 
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, embed_dim: int = 64, padding_idx: int = 0) -> None:
         super().__init__(modality, kinds=("tokens",))
-        check_sizes(self.key, out_dim=out_dim, embed_dim=embed_dim)
+        check_sizes(out_dim=out_dim, embed_dim=embed_dim)
         self.out_dim = out_dim
         self.embed = nn.Embedding(modality.vocab_size, embed_dim, padding_idx=padding_idx)
         self.padding_idx = padding_idx

@@ -23,7 +23,7 @@ class MLPEncoder(Encoder):
     def __init__(self, modality: ModalitySpec, out_dim: int = 64, hidden_dims: tuple[int, ...] = (64,),
                  dropout: float = 0.0) -> None:
         super().__init__(modality, kinds=("vector", "image", "sequence"))
-        check_sizes(self.key, out_dim=out_dim, hidden_dims=hidden_dims)
+        check_sizes(out_dim=out_dim, hidden_dims=hidden_dims)
         self.out_dim = out_dim
         self.net = mlp([math.prod(modality.shape), *hidden_dims, out_dim], dropout)
 

@@ -33,7 +33,7 @@ class TransformerEncoder(Encoder):
                  ffn_mult: int = 4, dropout: float = 0.0, max_length: int = 512, padding_idx: int | None = 0,
                  final_norm: bool = True) -> None:
         super().__init__(modality, kinds=("tokens", "sequence"))
-        check_sizes(self.key, out_dim=out_dim, num_layers=num_layers, num_heads=num_heads, ffn_mult=ffn_mult,
+        check_sizes(out_dim=out_dim, num_layers=num_layers, num_heads=num_heads, ffn_mult=ffn_mult,
                     max_length=max_length)
         self.out_dim = out_dim
         self.is_tokens = modality.kind == "tokens"

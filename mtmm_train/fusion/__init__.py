@@ -1,7 +1,7 @@
 """Fusion methods: ``forward(embs, present) -> z (B, out_dim)``, one file each."""
 
 from mtmm_train.fusion.attention import AttentionFusion
-from mtmm_train.fusion.base import Fusion, ProjectedFusion, masked_softmax
+from mtmm_train.fusion.base import DecisionFusion, Fusion, ProjectedFusion, masked_softmax
 from mtmm_train.fusion.concat import ConcatFusion
 from mtmm_train.fusion.gated import GatedFusion
 from mtmm_train.fusion.late import LateFusion
@@ -16,6 +16,7 @@ from mtmm_train.fusion.transformer import TransformerFusion
 __all__ = [
     "AttentionFusion",
     "ConcatFusion",
+    "DecisionFusion",
     "Fusion",
     "GatedFusion",
     "LateFusion",

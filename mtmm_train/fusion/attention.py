@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mtmm_train.encoders.base import check_sizes
-from mtmm_train.errors import check
+from mtmm_train.errors import KEY, SettingError
 from mtmm_train.fusion.base import ProjectedFusion, masked_softmax
 
 
@@ -29,15 +29,16 @@ class AttentionFusion(ProjectedFusion):
         num_heads: number of softmaxes over the modalities (must divide the common size).
 
     Raises:
-        UserError: ``num_heads`` does not divide the common size.
+        SettingError: ``num_heads`` does not divide the common size.
     """
 
     def __init__(self, in_dims: dict[str, int], dim: int | None, hidden_dim: int, num_heads: int) -> None:
         super().__init__(in_dims, dim)
-        check_sizes("fusion", hidden_dim=hidden_dim, num_heads=num_heads)
-        fit = max(h for h in range(1, num_heads + 1) if self.out_dim % h == 0)
-        check(self.out_dim % num_heads == 0, f"fusion.num_heads must divide the fused size {self.out_dim}, found "
-              f"num_heads={num_heads}; e.g. fusion.num_heads={fit}, or set fusion.dim to a multiple of {num_heads}")
+        check_sizes(hidden_dim=hidden_dim, num_heads=num_heads)
+        if self.out_dim % num_heads:
+            fit = max(h for h in range(1, num_heads + 1) if self.out_dim % h == 0)
+            raise SettingError("num_heads", f"must divide the fused size {self.out_dim}, found num_heads={num_heads}; "
+                               f"e.g. {KEY}.num_heads={fit}, or set {KEY}.dim to a multiple of {num_heads}")
         self.num_heads = num_heads
         # No bias on the last layer: a softmax ignores a score shift, so its gradient is zero.
         self.score = nn.Sequential(nn.Linear(self.out_dim, hidden_dim), nn.Tanh(),

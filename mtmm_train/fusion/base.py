@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor, nn
 
@@ -16,16 +18,17 @@ class Fusion(nn.Module):
     ``(B, out_dim)``. Absent modalities must not influence the result. ``out_dim`` is
     computed from ``in_dims``, never typed by the user.
 
-    A fusion with ``decides = True`` (late fusion) returns one representation per modality
-    ``(B, M, out_dim)`` instead; the model then runs the MTL architecture and a head per
-    modality per task on each, and calls ``fusion.combine`` to fuse the per-task decisions.
+    A decision-level fusion (:class:`DecisionFusion`) returns one representation per modality
+    ``(B, M, out_dim)`` instead, and fuses the heads' decisions.
+
+    Settings are checked in the constructor; a refusal is a
+    :class:`~mtmm_train.errors.SettingError` (the builder names the config key).
 
     Args:
         in_dims: modality -> embedding size, in the model's modality order.
     """
 
     wants_tokens: bool = False
-    decides: bool = False
     out_dim: int
 
     def __init__(self, in_dims: dict[str, int]) -> None:
@@ -41,7 +44,7 @@ class Fusion(nn.Module):
             present: modality -> bool ``(B,)``.
 
         Returns:
-            ``(B, out_dim)`` (``(B, M, out_dim)`` when ``decides``).
+            ``(B, out_dim)`` (``(B, M, out_dim)`` for a :class:`DecisionFusion`).
         """
         raise NotImplementedError
 
@@ -57,6 +60,46 @@ class Fusion(nn.Module):
         return f"in_dims={self.in_dims}, out_dim={self.out_dim}"
 
 
+class DecisionFusion(Fusion, metaclass=abc.ABCMeta):
+    """Base of decision-level (late) fusions: every modality decides alone, then the decisions are fused.
+
+    ``forward`` returns one representation per modality, ``(B, M, out_dim)`` in modality order,
+    instead of one fused representation. :class:`~mtmm_train.model.MultiModalModel` then runs the
+    MTL architecture on each modality's representation alone (``B * M`` rows) and a head per
+    modality per task (each a fresh copy of the task's head), and hands the decisions to
+    :meth:`combine`. Before that, at construction, it calls :meth:`add_tasks` with the task names,
+    so that per-task parameters exist before the optimizer does.
+
+    A modality that is absent from a sample must not influence its combined decision.
+    """
+
+    def forward(self, embs: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """Each modality's representation, stacked: ``(B, M, out_dim)`` (``embs[m]`` is ``(B, D_m)``)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def add_tasks(self, tasks: list[str]) -> None:
+        """Create what the fusion holds per task (e.g. learned combination weights); called once by the model.
+
+        Args:
+            tasks: the task names, in the model's order.
+        """
+
+    @abc.abstractmethod
+    def combine(self, decisions: dict[str, Tensor], present: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fuse each task's per-modality decisions into one.
+
+        Args:
+            decisions: task -> the heads' outputs per modality, ``(B, M, K)`` in modality order
+                (``K``: the task's outputs, e.g. logits).
+            present: modality -> bool ``(B,)``.
+
+        Returns:
+            task -> ``(B, K)``; absent modalities must not influence it (zeros for a sample
+            without any modality).
+        """
+
+
 class ProjectedFusion(Fusion):
     """A fusion that first projects every modality to a common size ``dim``.
 
@@ -70,7 +113,7 @@ class ProjectedFusion(Fusion):
 
     def __init__(self, in_dims: dict[str, int], dim: int | None) -> None:
         super().__init__(in_dims)
-        check_sizes("fusion", dim=dim)
+        check_sizes(dim=dim)
         sizes = set(in_dims.values())
         needs_projection = self.always_project or dim is not None or len(sizes) > 1
         self.out_dim = dim if dim is not None else max(sizes)

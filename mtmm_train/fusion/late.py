@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.errors import check
-from mtmm_train.fusion.base import ProjectedFusion, masked_softmax
+from mtmm_train.errors import SettingError
+from mtmm_train.fusion.base import DecisionFusion, ProjectedFusion, masked_softmax
 
 COMBINERS = ("mean", "learned")
 
 
-class LateFusion(ProjectedFusion):
+class LateFusion(ProjectedFusion, DecisionFusion):
     """``y_t = sum_m a_{t,m} f_{t,m}(h_m)`` over the present modalities.
 
     ``forward`` returns each modality's projected embedding ``h_m`` stacked ``(B, M, D)``;
@@ -28,23 +28,18 @@ class LateFusion(ProjectedFusion):
         combine: ``mean`` or ``learned``.
 
     Raises:
-        UserError: ``combine`` is not one of ``COMBINERS``.
+        SettingError: ``combine`` is not one of ``COMBINERS``.
     """
-
-    decides = True
 
     def __init__(self, in_dims: dict[str, int], dim: int | None, combine: str) -> None:
         super().__init__(in_dims, dim)
-        check(combine in COMBINERS, f"fusion.combine must be one of {', '.join(COMBINERS)}, found '{combine}'")
+        if combine not in COMBINERS:
+            raise SettingError("combine", f"must be one of {', '.join(COMBINERS)}, found '{combine}'")
         self.combine_mode = combine
         self.task_scores = nn.ParameterDict()
 
     def add_tasks(self, tasks: list[str]) -> None:
-        """Create the per-task combination scores (called by the model, before the optimizer exists).
-
-        Args:
-            tasks: task names.
-        """
+        """Create the per-task combination scores (``combine: learned``); see :meth:`DecisionFusion.add_tasks`."""
         if self.combine_mode == "learned":
             for t in tasks:
                 self.task_scores[t] = nn.Parameter(torch.zeros(len(self.modalities)))
@@ -53,15 +48,7 @@ class LateFusion(ProjectedFusion):
         return torch.stack([self.proj[m](embs[m]) for m in self.modalities], 1)  # (B, M, D)
 
     def combine(self, decisions: dict[str, Tensor], present: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Mix the per-modality decisions of each task.
-
-        Args:
-            decisions: task -> head outputs per modality ``(B, M, K)``.
-            present: modality -> bool ``(B,)``.
-
-        Returns:
-            task -> combined output ``(B, K)``; zeros for a sample without modalities.
-        """
+        """``sum_m a_{t,m} decisions[t][:, m]`` over the present modalities (see :meth:`DecisionFusion.combine`)."""
         mask = self.mask(present)  # (B, M)
         out = {}
         for t, d in decisions.items():

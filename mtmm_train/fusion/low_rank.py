@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mtmm_train.errors import check
+from mtmm_train.encoders.base import check_sizes
 from mtmm_train.fusion.base import Fusion
 
 
@@ -24,12 +24,12 @@ class LowRankFusion(Fusion):
         rank: rank R of the factorisation.
 
     Raises:
-        UserError: ``dim`` or ``rank`` is below 1.
+        SettingError: ``dim`` or ``rank`` is below 1.
     """
 
     def __init__(self, in_dims: dict[str, int], dim: int, rank: int) -> None:
         super().__init__(in_dims)
-        check(dim >= 1 and rank >= 1, f"fusion.dim and fusion.rank must be >= 1, found dim={dim}, rank={rank}")
+        check_sizes(dim=dim, rank=rank)
         self.out_dim = dim
         self.rank = rank
         # (d_m + 1, R, D) per modality; std 1/sqrt(d_m + 1) keeps each factor's output O(1), so

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.encoders.base import check_sizes
-from mtmm_train.errors import UserError
+from mtmm_train.errors import KEY, ComponentError
 from mtmm_train.fusion.base import Fusion
 
 
@@ -27,22 +27,22 @@ class TensorFusion(Fusion):
         max_features: refuse an output larger than this.
 
     Raises:
-        UserError: the output would have more than ``max_features`` features.
+        ComponentError: the output would have more than ``max_features`` features.
     """
 
     def __init__(self, in_dims: dict[str, int], dim: int | None, max_features: int) -> None:
         super().__init__(in_dims)
-        check_sizes("fusion", dim=dim, max_features=max_features)
+        check_sizes(dim=dim, max_features=max_features)
         sizes = [dim if dim is not None else d for d in in_dims.values()]
         self.out_dim = math.prod(s + 1 for s in sizes)
         if self.out_dim > max_features:
             m, fit = len(sizes), largest_dim(max_features, len(sizes))
-            fix = (f"set fusion.dim={fit} to project each modality first ({fit + 1}^{m} = {(fit + 1) ** m:,} "
+            fix = (f"set {KEY}.dim={fit} to project each modality first ({fit + 1}^{m} = {(fit + 1) ** m:,} "
                    "features)") if fit else "use fewer modalities"
-            raise UserError(
-                f"fusion=tensor would have {self.out_dim:,} features ({' x '.join(str(s + 1) for s in sizes)} for "
-                f"{', '.join(in_dims)}), above fusion.max_features={max_features:,}; {fix}, or raise "
-                "fusion.max_features")
+            raise ComponentError(
+                f"{KEY}=tensor would have {self.out_dim:,} features ({' x '.join(str(s + 1) for s in sizes)} for "
+                f"{', '.join(in_dims)}), above {KEY}.max_features={max_features:,}; {fix}, or raise "
+                f"{KEY}.max_features")
         self.proj = nn.ModuleDict({m: nn.Linear(d, dim) if dim is not None else nn.Identity()
                                    for m, d in in_dims.items()})
 

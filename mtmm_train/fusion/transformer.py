@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.encoders.base import check_sizes
-from mtmm_train.errors import check
+from mtmm_train.errors import KEY, SettingError
 from mtmm_train.fusion.base import Fusion
 
 
@@ -29,7 +29,8 @@ class TransformerFusion(Fusion):
         max_tokens: most tokens one modality may have (size of its position table).
 
     Raises:
-        UserError: ``num_heads`` does not divide ``dim``.
+        SettingError: ``num_heads`` does not divide ``dim``; in ``forward``, a modality has more than
+            ``max_tokens`` tokens.
     """
 
     wants_tokens = True
@@ -37,10 +38,10 @@ class TransformerFusion(Fusion):
     def __init__(self, in_dims: dict[str, int], dim: int, num_layers: int, num_heads: int, ffn_mult: int,
                  dropout: float, max_tokens: int) -> None:
         super().__init__(in_dims)
-        check_sizes("fusion", dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_mult=ffn_mult,
-                    max_tokens=max_tokens)
-        check(dim % num_heads == 0, f"fusion.num_heads must divide fusion.dim, found num_heads={num_heads} "
-                                    f"and dim={dim}; choose e.g. fusion.num_heads=4 with fusion.dim=64")
+        check_sizes(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_mult=ffn_mult, max_tokens=max_tokens)
+        if dim % num_heads:
+            raise SettingError("num_heads", f"must divide {KEY}.dim, found num_heads={num_heads} and dim={dim}; "
+                               f"choose e.g. {KEY}.num_heads=4 with {KEY}.dim=64")
         self.out_dim = dim
         self.max_tokens = max_tokens
         self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in in_dims.items()})
@@ -60,8 +61,9 @@ class TransformerFusion(Fusion):
         for i, m in enumerate(self.modalities):
             x = embs[m] if embs[m].dim() == 3 else embs[m].unsqueeze(1)  # (B, L_m, D_m)
             length = x.shape[1]
-            check(length <= self.max_tokens, f"fusion.max_tokens is {self.max_tokens}, but modality '{m}' has "
-                                              f"{length} tokens; raise it, e.g. fusion.max_tokens={length}")
+            if length > self.max_tokens:  # a shape, known on the host: no synchronisation
+                raise SettingError("max_tokens", f"is {self.max_tokens}, but modality '{m}' has {length} tokens; "
+                                   f"raise it, e.g. {KEY}.max_tokens={length}")
             seq.append(self.proj[m](x) + self.modality_type[i] + self.positions[m][:length])
             padding.append((~present[m]).unsqueeze(1).expand(batch, length))
         h = self.layers(torch.cat(seq, 1), src_key_padding_mask=torch.cat(padding, 1))  # (B, 1 + sum L_m, D)

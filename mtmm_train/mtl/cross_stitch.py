@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.encoders.base import check_sizes, mlp
-from mtmm_train.errors import UserError
+from mtmm_train.errors import KEY, SettingError
 from mtmm_train.mtl.base import MTLArchitecture
 
 
@@ -32,10 +32,11 @@ class CrossStitch(MTLArchitecture):
                  self_weight: float = 0.9, dropout: float = 0.0) -> None:
         super().__init__(in_dim, tasks)
         if not hidden_dims:
-            raise UserError("mtl.hidden_dims is empty; give the columns at least one layer, e.g. mtl.hidden_dims=[128]")
-        check_sizes("mtl", hidden_dims=list(hidden_dims))
+            raise SettingError("hidden_dims", f"is empty; give the columns at least one layer, e.g. "
+                               f"{KEY}.hidden_dims=[128]")
+        check_sizes(hidden_dims=list(hidden_dims))
         if not isinstance(self_weight, (int, float)) or not 0 < self_weight <= 1:
-            raise UserError(f"mtl.self_weight should be in (0, 1]. Found self_weight = {self_weight!r}")
+            raise SettingError("self_weight", f"must be in (0, 1], found {self_weight!r}")
         T, dims = len(self.tasks), [in_dim, *hidden_dims]
         self.out_dim = dims[-1]
         self.columns = nn.ModuleList(

@@ -21,7 +21,7 @@ class HardSharing(MTLArchitecture):
     def __init__(self, in_dim: int, tasks: list[str], hidden_dims: tuple[int, ...] = (128,),
                  dropout: float = 0.0) -> None:
         super().__init__(in_dim, tasks)
-        check_sizes("mtl", hidden_dims=list(hidden_dims))
+        check_sizes(hidden_dims=list(hidden_dims))
         self.trunk = mlp([in_dim, *hidden_dims], dropout)
         self.out_dim = hidden_dims[-1] if hidden_dims else in_dim
 

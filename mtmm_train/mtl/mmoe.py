@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.encoders.base import check_sizes, mlp
-from mtmm_train.errors import UserError
+from mtmm_train.errors import KEY, SettingError
 from mtmm_train.mtl.base import MTLArchitecture
 
 
@@ -31,10 +31,11 @@ class MMoE(MTLArchitecture):
                  dropout: float = 0.0) -> None:
         super().__init__(in_dim, tasks)
         if not isinstance(num_experts, int) or num_experts < 1:
-            raise UserError(f"mtl.num_experts should be a positive integer. Found num_experts = {num_experts!r}")
+            raise SettingError("num_experts", f"must be a positive integer, found {num_experts!r}")
         if not expert_dims:
-            raise UserError("mtl.expert_dims is empty; give the experts at least one layer, e.g. mtl.expert_dims=[128]")
-        check_sizes("mtl", expert_dims=list(expert_dims))
+            raise SettingError("expert_dims", f"is empty; give the experts at least one layer, e.g. "
+                               f"{KEY}.expert_dims=[128]")
+        check_sizes(expert_dims=list(expert_dims))
         self.num_experts = num_experts
         self.out_dim = expert_dims[-1]
         self.experts = nn.ModuleList(mlp([in_dim, *expert_dims], dropout) for _ in range(num_experts))

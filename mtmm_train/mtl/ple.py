@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.encoders.base import check_sizes, mlp
-from mtmm_train.errors import UserError
+from mtmm_train.errors import KEY, ComponentError, SettingError
 from mtmm_train.mtl.base import MTLArchitecture
 
 
@@ -80,15 +80,17 @@ class PLE(MTLArchitecture):
     def __init__(self, in_dim: int, tasks: list[str], num_levels: int = 2, num_task_experts: int = 1,
                  num_shared_experts: int = 2, expert_dims: tuple[int, ...] = (128,), dropout: float = 0.0) -> None:
         super().__init__(in_dim, tasks)
-        for key, value, low in (("num_levels", num_levels, 1), ("num_task_experts", num_task_experts, 0),
-                                ("num_shared_experts", num_shared_experts, 0)):
+        for name, value, low in (("num_levels", num_levels, 1), ("num_task_experts", num_task_experts, 0),
+                                 ("num_shared_experts", num_shared_experts, 0)):
             if not isinstance(value, int) or value < low:
-                raise UserError(f"mtl.{key} should be an integer >= {low}. Found {key} = {value!r}")
+                raise SettingError(name, f"must be an integer >= {low}, found {value!r}")
         if num_task_experts + num_shared_experts == 0:
-            raise UserError("mtl.num_task_experts and mtl.num_shared_experts are both 0; give at least one expert")
+            raise ComponentError(f"{KEY}.num_task_experts and {KEY}.num_shared_experts are both 0; give at least "
+                                 "one expert")
         if not expert_dims:
-            raise UserError("mtl.expert_dims is empty; give the experts at least one layer, e.g. mtl.expert_dims=[128]")
-        check_sizes("mtl", expert_dims=list(expert_dims))
+            raise SettingError("expert_dims", f"is empty; give the experts at least one layer, e.g. "
+                               f"{KEY}.expert_dims=[128]")
+        check_sizes(expert_dims=list(expert_dims))
         self.out_dim = expert_dims[-1]
         dims = [in_dim] + [self.out_dim] * (num_levels - 1)
         self.levels = nn.ModuleList(

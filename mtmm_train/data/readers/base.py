@@ -1,18 +1,27 @@
-"""The reader contract: turn manifest columns into one tensor per row, with a presence mask.
+"""The reader contract: turn manifest columns into one tensor per row, with a presence mask and a spec.
 
 Modality readers (image, audio, text, numeric, array) produce inputs; target readers (class
 labels, binary, multi-label, numeric) produce task targets. Readers that learn something from
 the data (a vocabulary, classes, statistics) learn it from the training split only.
+
+A reader is built from its config with its modality's or task's ``name``; :meth:`Reader.columns`
+says which manifest columns it needs, and :meth:`Reader.read` returns everything it produces at
+once (:class:`ReadResult`: values, presence mask, spec and what it learned), so nothing about a
+reader is valid only after another call. Readers do not know where they sit in the config: they
+raise :class:`~mtmm_train.errors.ComponentError` (:class:`~mtmm_train.errors.SettingError` about
+one of their settings), and the dataset names the key (``dataset.modalities.photo``) with
+:func:`mtmm_train.instantiate.located`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtmm_train.batch import ModalitySpec, TaskSpec
 from mtmm_train.data.manifest import Table, is_empty
-from mtmm_train.errors import UserError
+from mtmm_train.errors import ComponentError
 
 UNSEEN_POLICIES = ("error", "ignore")
 MAX_LISTED = 3  # problems named in an error message; the rest are counted
@@ -31,19 +40,19 @@ class ReadContext:
     """What every reader needs besides its own settings.
 
     Attributes:
-        key: where the reader sits in the config, for messages (``dataset.modalities.photo``).
         root: the folder that relative paths start from (the manifest's).
         split: ``(N,)`` split id of each row (0 train, 1 val, 2 test).
         num_workers: DataLoader worker processes for decoding files (0: in this process).
         unseen_classes: ``error`` or ``ignore`` (as a missing label) for a class seen
             outside the training split only.
+        manifest: the manifest file (None: a data frame), named in messages about a cell.
     """
 
-    key: str
     root: Path
     split: Tensor
     num_workers: int = 0
     unseen_classes: str = "error"
+    manifest: Path | None = None
 
     @property
     def train(self) -> Tensor:
@@ -51,18 +60,29 @@ class ReadContext:
         return self.split == 0
 
 
-@dataclass
-class Column:
-    """What a reader returns: ``values`` ``(N, *shape)`` and ``present`` ``(N,)`` bool.
+S = TypeVar("S", ModalitySpec, TaskSpec)
 
-    Rows without a value (an empty cell) hold zeros and a False.
+
+@dataclass
+class ReadResult(Generic[S]):
+    """What :meth:`Reader.read` returns: the data of every row, and what it is.
+
+    Attributes:
+        values: ``(N, *shape)``; rows without a value (an empty cell) hold zeros.
+        present: ``(N,)`` bool: False where the value is missing (a missing modality or label).
+        spec: the modality's :class:`~mtmm_train.batch.ModalitySpec` or the task's
+            :class:`~mtmm_train.batch.TaskSpec`.
+        learned: what the reader learned from the training split, as plain data (:func:`learned`);
+            part of the data's fingerprint.
     """
 
     values: Tensor
     present: Tensor
+    spec: S
+    learned: dict[str, Any] = field(default_factory=dict)
 
 
-class Reader:
+class Reader(Generic[S]):
     """Base of all readers.
 
     Args:
@@ -70,38 +90,63 @@ class Reader:
         column: the manifest column to read; null: the column named like the modality or task.
     """
 
-    reads_files = False  # True: cells are paths, checked to exist before decoding
+    reads_files = False  # True: the cells of columns() are file paths, checked to exist before decoding
 
     def __init__(self, name: str, column: str | None = None) -> None:
         self.name = name
         self.column = column or name
 
     def columns(self) -> list[str]:
-        """The manifest columns this reader needs."""
+        """The manifest columns this reader needs (checked to exist before :meth:`read`)."""
         return [self.column]
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
-        """Read every row of ``table`` (after :meth:`columns` were checked to exist)."""
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[S]:
+        """Read every row of ``table``: values, presence mask, spec and what was learned, together.
+
+        Raises:
+            ComponentError: a cell or a file the reader cannot use, or a setting that does not fit the data.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(column={self.column!r})"
 
 
-class ModalityReader(Reader):
-    """A reader whose column is an input modality."""
-
-    def spec(self) -> ModalitySpec:
-        """The modality's spec, known after :meth:`read`."""
-        raise NotImplementedError
+class ModalityReader(Reader[ModalitySpec]):
+    """A reader whose column is an input modality: :meth:`read` returns a :class:`ModalitySpec`."""
 
 
-class TargetReader(Reader):
-    """A reader whose column is the target of a task."""
+class TargetReader(Reader[TaskSpec]):
+    """A reader whose column is the target of a task: :meth:`read` returns a :class:`TaskSpec`."""
 
-    def spec(self) -> TaskSpec:
-        """The task's spec, known after :meth:`read`."""
-        raise NotImplementedError
+
+def learned(classes: list[str] | None = None, labels: list[str] | None = None, positive: str | None = None,
+            mean: Tensor | None = None, std: Tensor | None = None, vocab: dict[str, int] | None = None,
+            tokenizer: str | None = None) -> dict[str, Any]:
+    """What a reader learned from the training split, as plain data (:attr:`ReadResult.learned`).
+
+    Args:
+        classes, labels: class names (label and binary targets; multi-label targets).
+        positive: the configured positive class of a binary target.
+        mean, std: standardisation statistics.
+        vocab: a word vocabulary (kept as its size and a digest).
+        tokenizer: the pretrained tokenizer's name.
+    """
+    out: dict[str, Any] = {}
+    for name, names in (("classes", classes), ("labels", labels)):
+        if names:
+            out[name] = [str(c) for c in names]
+    if positive is not None:
+        out["positive"] = str(positive)
+    for name, value in (("mean", mean), ("std", std)):
+        if isinstance(value, Tensor) and value.numel():
+            out[name] = [float(v) for v in value.flatten().tolist()]
+    if vocab:
+        digest = hashlib.sha256("\n".join(f"{w}\t{i}" for w, i in vocab.items()).encode()).hexdigest()[:16]
+        out["vocabulary"] = f"{len(vocab)} words, sha256 {digest}"
+    if tokenizer is not None:
+        out["tokenizer"] = str(tokenizer)
+    return out
 
 
 def present_of(cells: list[Any]) -> Tensor:
@@ -136,14 +181,14 @@ def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadConte
         paths: the files (already known to exist).
         fn: decodes one file into a tensor (must be picklable: a module-level function or a
             method of a picklable object).
-        ctx: the read context (worker count, key for messages).
+        ctx: the read context (worker count).
         what: what the files should be, for messages (``"images"``).
 
     Returns:
         One tensor per path.
 
     Raises:
-        UserError: some files could not be decoded (the first few named, all counted).
+        ComponentError: some files could not be decoded (the first few named, all counted).
     """
     loader = DataLoader(_Cells(paths, fn), batch_size=64, num_workers=ctx.num_workers if len(paths) > 64 else 0,
                         collate_fn=list)
@@ -158,23 +203,23 @@ def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadConte
     bad = [(p, r) for p, r in zip(paths, out, strict=True) if isinstance(r, str)]
     if bad:
         listed = "; ".join(f"{p} ({r})" for p, r in bad[:MAX_LISTED])
-        raise UserError(f"{ctx.key}: {len(bad)} of {len(paths)} files could not be read as {what}: {listed}"
-                        f"{' ...' if len(bad) > MAX_LISTED else ''}; fix or replace them, or empty those cells")
+        raise ComponentError(f"{len(bad)} of {len(paths)} files could not be read as {what}: {listed}"
+                             f"{' ...' if len(bad) > MAX_LISTED else ''}; fix or replace them, or empty those cells")
     return out  # type: ignore[return-value]
 
 
-def stack_present(rows: list[Tensor | None], shape: tuple[int, ...]) -> Column:
-    """Stack per-row tensors of ``shape`` (None: absent, zeros) into a :class:`Column`."""
+def stack_present(rows: list[Tensor | None], shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Stack per-row tensors of ``shape`` (None: absent, zeros): ``(values (N, *shape), present (N,))``."""
     values = torch.zeros(len(rows), *shape)
     present = torch.zeros(len(rows), dtype=torch.bool)
     for i, r in enumerate(rows):
         if r is not None:
             values[i] = r
             present[i] = True
-    return Column(values, present)
+    return values, present
 
 
-def float_cells(cells: list[Any], key: str, column: str) -> Tensor:
+def float_cells(cells: list[Any], column: str) -> Tensor:
     """Parse cells as floats (NaN where empty); fail on the first cell that is not a finite number.
 
     A cell that spells NaN or infinity (``nan``, ``inf``, ``1e999``, JSON ``Infinity``) is refused
@@ -189,35 +234,34 @@ def float_cells(cells: list[Any], key: str, column: str) -> Tensor:
         try:
             x = float(v)
         except (TypeError, ValueError):
-            raise UserError(f"{key}: column '{column}' row {i + 1} holds {v!r}, not a number; fix the cell or "
-                            "leave it empty (missing)") from None
+            raise ComponentError(f"column '{column}' row {i + 1} holds {v!r}, not a number; fix the cell or leave "
+                                 "it empty (missing)") from None
         if not math.isfinite(x):
-            raise UserError(f"{key}: column '{column}' row {i + 1} holds {v!r}, not a finite number; fix the cell "
-                            "or leave it empty (missing)")
+            raise ComponentError(f"column '{column}' row {i + 1} holds {v!r}, not a finite number; fix the cell or "
+                                 "leave it empty (missing)")
         out.append(x)
     return torch.tensor(out, dtype=torch.float64)
 
 
-def check_finite(column: Column, key: str, rows: list[Any] | None = None) -> None:
+def check_finite(result: ReadResult, rows: list[Any] | None = None) -> None:
     """Refuse NaN or infinite values in the rows a reader marked present (labelled).
 
     Args:
-        column: what the reader returned.
-        key: the reader's key, for the message.
+        result: what the reader returned.
         rows: the column's cells, to name the first bad one (a file path, for file readers).
 
     Raises:
-        UserError: naming how many rows hold NaN or Inf, the first one and its cell.
+        ComponentError: naming how many rows hold NaN or Inf, the first one and its cell.
     """
-    if not column.values.is_floating_point():
+    if not result.values.is_floating_point():
         return
-    bad = ~torch.isfinite(column.values.reshape(len(column.values), -1)).all(1) & column.present
+    bad = ~torch.isfinite(result.values.reshape(len(result.values), -1)).all(1) & result.present
     if not bad.any():
         return
     first = int(bad.nonzero()[0])
     cell = f" ({rows[first]!r})" if rows is not None else ""
-    raise UserError(f"{key}: {int(bad.sum())} row(s) hold NaN or Inf values, the first is row {first + 1}{cell}; "
-                    "fix the data there, or empty those cells (a missing value)")
+    raise ComponentError(f"{int(bad.sum())} row(s) hold NaN or Inf values, the first is row {first + 1}{cell}; "
+                         "fix the data there, or empty those cells (a missing value)")
 
 
 def class_key(value: Any) -> str:
@@ -235,30 +279,67 @@ def sort_classes(names: set[str]) -> list[str]:
         return sorted(names)
 
 
+def where(column: str, row: int, manifest: Path | None) -> str:
+    """``column 'label' row 4 of '<manifest>'`` (``row`` counts data rows from 0; shown from 1)."""
+    return f"column '{column}' row {row + 1}" + (f" of '{manifest}'" if manifest is not None else "")
+
+
+def check_scalar_cells(cells: list[Any], column: str, what: str, manifest: Path | None = None) -> None:
+    """Refuse a list (or another collection) where one value per cell is expected (Parquet, JSONL lists).
+
+    Args:
+        what: what a cell should hold, for the message (``a class label``).
+
+    Raises:
+        ComponentError: naming the first such cell.
+    """
+    for i, v in enumerate(cells):
+        if isinstance(v, list | tuple | dict | set) or (hasattr(v, "__len__") and not isinstance(v, str | bytes)):
+            text = " ".join(str(v).split())
+            raise ComponentError(f"{where(column, i, manifest)} holds a list ({text[:60]}), not {what}; give one "
+                                 "value per cell (label sets: use the multilabel target)")
+
+
+# Cells that spell a missing value (pandas reads them as NaN); as a class they would silently be one.
+NAN_LABELS = ("nan", "-nan", "+nan", "<na>")
+
+
 def class_ids(cells: list[Any], ctx: ReadContext, column: str) -> tuple[list[str], Tensor, Tensor]:
     """Map class labels to ids, the classes taken from the training split.
+
+    An empty cell is a missing label; a cell that spells NaN (``NaN``, ``nan``, ``<NA>``) or holds
+    infinity is refused rather than taken as a class named so, and so is a list.
 
     Returns:
         ``(classes, ids (N,) long, labeled (N,) bool)``.
 
     Raises:
-        UserError: fewer than two classes in the training split, or (``unseen_classes=error``)
-            a class seen outside the training split only.
+        ComponentError: a NaN or list cell, fewer than two classes in the training split, or
+            (``unseen_classes=error``) a class seen outside the training split only.
     """
+    check_scalar_cells(cells, column, "a class label", ctx.manifest)
+    for i, v in enumerate(cells):
+        if is_empty(v):
+            continue
+        infinite = isinstance(v, float) and math.isinf(v)
+        if infinite or class_key(v).lower() in NAN_LABELS:  # "NaN" text, pandas' <NA>, a numpy float32 NaN
+            raise ComponentError(f"{where(column, i, ctx.manifest)} holds {v!r}, which spells "
+                                 f"{'infinity' if infinite else 'a missing value (NaN)'}, not a class; leave the cell "
+                                 "empty for a missing label")
     keys = [None if is_empty(v) else class_key(v) for v in cells]
     train = ctx.train.tolist()
     classes = sort_classes({k for k, t in zip(keys, train, strict=True) if t and k is not None})
     if len(classes) < 2:
-        raise UserError(f"{ctx.key}: column '{column}' has {len(classes)} class(es) in the training split "
-                        f"({', '.join(classes) or 'no labels'}); a task needs at least two: check the column "
-                        "or the split")
+        raise ComponentError(f"column '{column}' has {len(classes)} class(es) in the training split "
+                             f"({', '.join(classes) or 'no labels'}); a task needs at least two: check the column "
+                             "or the split")
     index = {c: i for i, c in enumerate(classes)}
     unseen = Counter(k for k in keys if k is not None and k not in index)
     if unseen and ctx.unseen_classes == "error":
         listed = ", ".join(f"'{c}' ({n} rows)" for c, n in unseen.most_common(MAX_LISTED))
-        raise UserError(f"{ctx.key}: column '{column}' has classes outside the training split only: {listed}; "
-                        "move such rows into training, or set dataset.unseen_classes=ignore to treat them as "
-                        "missing labels")
+        raise ComponentError(f"column '{column}' has classes outside the training split only: {listed}; "
+                             "move such rows into training, or set dataset.unseen_classes=ignore to treat them as "
+                             "missing labels")
     ids = torch.tensor([index.get(k, 0) if k is not None else 0 for k in keys], dtype=torch.long)
     labeled = torch.tensor([k is not None and k in index for k in keys], dtype=torch.bool)
     return classes, ids, labeled

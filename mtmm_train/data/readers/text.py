@@ -12,7 +12,7 @@ import torch
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.data.manifest import Table
 from mtmm_train.data.optional import require
-from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, present_of
+from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, check_scalar_cells, present_of
 from mtmm_train.errors import UserError, check
 
 PAD, UNK = 0, 1  # id 0 is padding (encoders ignore it); 1 stands for words not in the vocabulary
@@ -56,6 +56,7 @@ class TextReader(ModalityReader):
 
     def read(self, table: Table, ctx: ReadContext) -> Column:
         cells = table[self.column]
+        check_scalar_cells(cells, ctx.key, self.column, "a text", ctx.manifest)
         present = present_of(cells)
         texts = [str(v) if p else "" for v, p in zip(cells, present.tolist(), strict=True)]
         if self.tokenizer is None:
@@ -95,6 +96,8 @@ def load_tokenizer(name: str, key: str) -> Any:
     """A ``tokenizers.Tokenizer`` from a ``.json`` file, or a local Hugging Face tokenizer by name."""
     if name.endswith(".json"):
         path = Path(name).expanduser()
+        check(not path.is_dir(), f"{key}.tokenizer '{name}' is a directory; give a file, e.g. "
+              f"{key}.tokenizer={path / 'tokenizer.json'}")
         check(path.is_file(), f"{key}.tokenizer is '{name}', which does not exist; give a tokenizer.json file "
               "or a tokenizer name")
         tokenizers = require("tokenizers", "text", f"{key}.tokenizer (a tokenizer.json file)")
