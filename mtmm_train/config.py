@@ -4,12 +4,20 @@ Components (encoders, fusion, ...) are validated by their constructors; the sett
 are read by the recipe, so a typo or a wrong type must fail before training, in one line.
 :func:`validate` runs every check that needs no data; the Hydra callbacks at the end run it for
 each job of a sweep before the first one starts, and undo the run folder of a refused command.
+
+The schemas (:data:`SCHEMAS`) are checked by :func:`typed` after composition, by every command
+(``mtmm-train`` through :func:`validate`, ``mtmm-eval`` on a checkpoint's config completed by
+:func:`fill_settings`), not registered in Hydra's ConfigStore as defaults of ``configs/trainer/``:
+Hydra would then refuse ``trainer.max_epochs=many`` as "Error merging override
+trainer.max_epochs=many" (no type, no fix), still accept ``+trainer.max_epoch=3``, and the config
+files would need a ``defaults`` entry that only Hydra can read (``mtmm-eval`` merges them as YAML).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import itertools
 import logging
 import math
@@ -87,8 +95,23 @@ class LoggerConfig:
                             "use null to turn it off")
 
 
-def typed(cfg: DictConfig, key: str, schema: type) -> Any:
-    """Merge ``cfg[key]`` onto ``schema``: unknown keys and wrong types become one-line errors."""
+# The settings read by attribute, each with its schema (the values live in configs/<key>/*.yaml).
+SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "logger": LoggerConfig}
+
+
+def typed(cfg: DictConfig, key: str, schema: type | None = None) -> Any:
+    """Merge ``cfg[key]`` onto its schema (``SCHEMAS[key]`` unless given): unknown keys and wrong types
+    become one-line errors.
+
+    Returns:
+        The dataclass (:class:`TrainerConfig`, :class:`LoggerConfig`).
+
+    Raises:
+        UserError: ``trainer.max_epoch is not a setting of trainer; did you mean trainer.max_epochs? ...``,
+            ``trainer.max_epochs must be of type int, found 'many'; e.g. trainer.max_epochs=8``, or a
+            setting without a value.
+    """
+    schema = schema or SCHEMAS[key]
     names = [f.name for f in fields(schema)]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
@@ -107,6 +130,29 @@ def typed(cfg: DictConfig, key: str, schema: type) -> Any:
         found = OmegaConf.select(cfg[key], bad) if OmegaConf.is_config(cfg[key]) else "?"
         raise UserError(f"{key}.{bad} must be of type {kind}, found {found!r}; e.g. "
                         f"{key}.{bad}={TYPE_EXAMPLES.get(kind, '...')}") from None
+
+
+def fill_settings(cfg: DictConfig, options: dict[str, str] | None = None) -> DictConfig:
+    """Give an older config (a checkpoint's) today's defaults for the typed settings it lacks; it keeps its own.
+
+    For ``mtmm-eval``: settings added to ``trainer`` since the checkpoint was written get the value
+    of today's ``configs/trainer/default.yaml``. Check the result with :func:`typed`.
+
+    Args:
+        cfg: the config, changed in place.
+        options: group -> the config file whose values fill it (default: ``{"trainer": "default"}``;
+            e.g. ``{"trainer": "default", "logger": "none"}``); the groups are keys of :data:`SCHEMAS`.
+
+    Returns:
+        ``cfg``.
+    """
+    files = importlib.resources.files("mtmm_train.configs")
+    for key, option in (options or {"trainer": "default"}).items():
+        if key not in SCHEMAS:
+            raise ValueError(f"{key} has no schema; the typed settings are {', '.join(SCHEMAS)}")
+        defaults = OmegaConf.create((files / key / f"{option}.yaml").read_text())
+        cfg[key] = OmegaConf.merge(defaults, cfg.get(key) or {})
+    return cfg
 
 
 def check_trainer(t: TrainerConfig) -> None:
@@ -213,8 +259,8 @@ def validate(cfg: DictConfig) -> tuple[TrainerConfig, LoggerConfig]:
     Raises:
         UserError: the first problem, in one line.
     """
-    trainer: TrainerConfig = typed(cfg, "trainer", TrainerConfig)
-    logger: LoggerConfig = typed(cfg, "logger", LoggerConfig)
+    trainer: TrainerConfig = typed(cfg, "trainer")
+    logger: LoggerConfig = typed(cfg, "logger")
     check_trainer(trainer)
     check_seed(cfg.get("seed"))
     check_resume(trainer.resume)

@@ -10,6 +10,8 @@ the message is about one of their settings), and the builder that built them
 
 from __future__ import annotations
 
+import weakref
+
 # Stands for the component's config key in a ComponentError's message (f"e.g. {KEY}.dim=16",
 # f"encoder@{KEY}=mlp"); the builder replaces it with the key (``fusion``, ``model.encoders.image``).
 KEY = "{key}"
@@ -30,16 +32,18 @@ class ComponentError(UserError, ValueError):
     (``e.g. fusion.num_heads=2``).
 
     It is a ValueError, for Python code that builds a component itself (``str(e)`` names the
-    settings without a key: ``dim must be ...``), and a UserError, so that a refusal nothing
-    located (a check in ``forward``) still ends the CLI with one line.
+    settings without a key: ``dim must be ...``), and a UserError, so that a refusal after
+    construction (a check in ``forward``) still ends the CLI with one line; such a refusal passes
+    ``source=self``, and ``str(e)`` then names the key the builder noted (:func:`built_at`).
 
     Args:
         message: what is wrong, what was found and how to fix it.
+        source: the component that refuses, when it was built before (a check outside ``__init__``).
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, source: object = None) -> None:
         self.template = message
-        super().__init__(self.at(None))
+        super().__init__(self.at(built_at(source)))
 
     def at(self, key: str | None) -> str:
         """The message for a component built at ``key`` (None: without a key, as ``str(e)``)."""
@@ -61,9 +65,28 @@ class SettingError(ComponentError):
             other settings: ``f"or set {KEY}.dim to a multiple of 4"``).
     """
 
-    def __init__(self, setting: str, message: str) -> None:
+    def __init__(self, setting: str, message: str, source: object = None) -> None:
         self.setting = setting
-        super().__init__(f"{KEY}.{setting} {message}")
+        super().__init__(f"{KEY}.{setting} {message}", source)
+
+
+_BUILT_AT: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+
+def note_built(component: object, key: str) -> None:
+    """Note the config key ``component`` was built at (the builder's; see :class:`ComponentError`'s ``source``)."""
+    try:
+        _BUILT_AT[component] = key
+    except TypeError:  # not weakly referenceable (a partial, a plain value): nothing refuses after construction
+        pass
+
+
+def built_at(component: object) -> str | None:
+    """The config key ``component`` was built at, if a builder noted one."""
+    try:
+        return _BUILT_AT.get(component) if component is not None else None
+    except TypeError:
+        return None
 
 
 def check(condition: bool, message: str) -> None:

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtmm_train.errors import ComponentError, UserError
+from mtmm_train.errors import ComponentError, UserError, note_built
 
 # Keys of a node that Hydra reads itself, not the constructor.
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -70,7 +70,9 @@ def build(node: DictConfig, key: str, **runtime: Any) -> Any:
         raise UserError(f"{key} (_target_ {node._target_}) could not be built: {_one_line(cause)}") from None
     if node.get("_partial_", False):
         return functools.partial(_call, factory, key, node._target_, **runtime)
-    return _call(factory, key, node._target_, **runtime)
+    built = _call(factory, key, node._target_, **runtime)
+    note_built(built, key)  # for a refusal after construction (ComponentError's source)
+    return built
 
 
 def _call(factory: Any, key: str, target: str, *args: Any, **kwargs: Any) -> Any:

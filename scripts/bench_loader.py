@@ -3,7 +3,7 @@
     python scripts/bench_loader.py                                  # synthetic data, default models
     python scripts/bench_loader.py --batches 100 experiment=diamonds  # any Hydra overrides
 
-For each loader (in-memory batching on the device, and ``+loader=dataloader`` streaming with
+For each loader (in-memory batching on the device, and ``loader=dataloader`` streaming with
 workers) it times an epoch's batches alone, then training steps on the same batches, and
 prints samples/s of each and their ratio. The loader should not be what limits training:
 the ratio is the headroom (at least 5x for the default models on CPU).
@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterator
 
 import torch
-from hydra import compose, initialize_config_module
 
 from mtmm_train.batch import Batch
-from mtmm_train.recipe import TrainRecipe, training_step
+from mtmm_train.benchmarking import make_recipe, recipe_step, sync
+from mtmm_train.recipe import TrainRecipe
 
-LOADERS = {"in_memory": [], "dataloader": ["+loader=dataloader"]}
+LOADERS = {"in_memory": [], "dataloader": ["loader=dataloader"]}
 
 
 def batches(recipe: TrainRecipe, count: int) -> Iterator[Batch]:
@@ -37,12 +37,6 @@ def batches(recipe: TrainRecipe, count: int) -> Iterator[Batch]:
         epoch += 1
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(recipe: TrainRecipe, count: int) -> tuple[float, float]:
     """``(loader samples/s, training samples/s)`` over ``count`` batches after one warm-up batch."""
     next(batches(recipe, 1))
@@ -54,15 +48,11 @@ def measure(recipe: TrainRecipe, count: int) -> tuple[float, float]:
     loader_rate = samples / (time.perf_counter() - start)
 
     recipe.model.train()
-    step = lambda b: training_step(recipe.forward_model, recipe.tasks, recipe.balancer, b,  # noqa: E731
-                                   recipe.autocast, recipe.scaler, recipe.shared_params, 0, 1.0)
-    step(next(batches(recipe, 1)))  # warm-up: first calls allocate and pick kernels
-    recipe.optimizer.zero_grad(set_to_none=True)
+    recipe_step(recipe, next(batches(recipe, 1)))  # warm-up: first calls allocate and pick kernels
     sync(recipe.device)
     start, samples = time.perf_counter(), 0
     for batch in batches(recipe, count):
-        step(batch)
-        recipe.optimizer_step()
+        recipe_step(recipe, batch)  # the loop's step: forward, backward, update, log on the device
         samples += batch.size
     sync(recipe.device)
     return loader_rate, samples / (time.perf_counter() - start)
@@ -72,13 +62,9 @@ def run(overrides: list[str], count: int) -> list[dict[str, object]]:
     """Measure every loader for one config; returns one row per loader."""
     rows = []
     for name, extra in LOADERS.items():
-        with initialize_config_module(config_module="mtmm_train.configs", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=["logger.tensorboard=false", "logger.progress_bar=false",
-                                                          *overrides, *extra])
-        recipe = TrainRecipe(cfg, "/tmp/bench_loader")
-        recipe.setup()
+        recipe = make_recipe([*overrides, *extra], "/tmp/bench_loader")
         loader_rate, train_rate = measure(recipe, count)
-        rows.append({"loader": name, "device": str(recipe.device), "batch_size": cfg.trainer.batch_size,
+        rows.append({"loader": name, "device": str(recipe.device), "batch_size": recipe.cfg.trainer.batch_size,
                      "loader_samples_per_s": loader_rate, "train_samples_per_s": train_rate,
                      "ratio": loader_rate / train_rate})
     return rows

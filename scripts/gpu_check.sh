@@ -24,6 +24,8 @@ if [ -d .whl ] && ! python3 -c "import hydra" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
+# The scripts import mtmm_train: from a plain checkout (no pip install), this folder's.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 # From a plain checkout (no pip install), the package path mtmm_train.configs must exist.
 [ -e mtmm_train/configs ] || ln -s ../configs mtmm_train/configs

@@ -13,8 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-import bench_ablations
-from benchmark import MODES, print_table
+from mtmm_train.benchmarking import MODES, print_ablation_table, print_recipe_table
 
 TARGET_SAMPLES_S = 4400.0  # reference_large, bf16 + compile, on an H100 (the project's target)
 MIN_RATIO = 0.95
@@ -70,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     gpu = args.folder / "gpu.txt"
     gpu_name = gpu.read_text().splitlines()[0] if gpu.exists() and gpu.read_text().strip() else ""
     if rows:
-        print_table(rows)
+        print_recipe_table(rows)
     if ablations:
         print()
-        bench_ablations.print_table(ablations)
+        print_ablation_table(ablations)
     print()
     for line in verdicts(rows, gpu_name):
         print(line)

@@ -22,14 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mtmm_train.benchmarking import every_balancer
+from mtmm_train.report import baseline_metrics, group, load_jobs, report
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mtmm_train.report import baseline_metrics, group, load_jobs, report  # noqa: E402
-
 TASKS = ["category", "match", "tags", "score"]
-BALANCERS = ["static", "uncertainty", "dwa", "gradnorm", "rlw", "famo", "pcgrad", "mgda", "cagrad", "upgrad",
-             "nash_mtl", "imtl_g", "aligned_mtl"]
 SPARSE = "score"
 
 
@@ -57,13 +54,19 @@ def sparse_table(single: Path, multi: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--balancers`` defaults to every balancer the package has."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "mtl_evidence")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--balancers", nargs="+", default=BALANCERS)
+    parser.add_argument("--balancers", nargs="+", default=every_balancer(),
+                        help="default: every balancer (static, then loss weighting, then gradient aggregation)")
     parser.add_argument("--override", nargs="*", default=[], help="overrides for every run, e.g. trainer.max_epochs=4")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     seeds = "seed=" + ",".join(str(s) for s in range(args.seeds))
     out = args.out.resolve()
     multirun(out / "single", ["tasks=" + ",".join(f"[{t}]" for t in TASKS), seeds], args.override)

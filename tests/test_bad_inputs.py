@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_cfg, run_cli, train
+from conftest import ROOT, TINY, compose_cfg, run_cli, train
 from hydra.errors import HydraException
 from PIL import Image
 
@@ -502,6 +502,10 @@ def assert_one_clear_line(message: str, expected: str) -> None:
 
 # ---------------------------------------------------------------------- tests
 def test_the_catalog_covers_every_kind() -> None:
+    documented = re.search(r"\((\d+) cases; (\d+) also through the real commands",
+                           (ROOT / "docs" / "reliability.md").read_text())
+    assert documented, "docs/reliability.md must give the catalog's size"
+    assert (int(documented[1]), int(documented[2])) == (len(CASES), len(CLI_CASES))
     kinds = [c.kind for c in CASES]
     assert len(CASES) >= 30 and min(kinds.count(k) for k in ("config", "data", "checkpoint")) >= 10
     assert len({c.id for c in CASES}) == len(CASES)

@@ -239,7 +239,7 @@ def test_every_shipped_component_passes(good_checkpoint: Path) -> None:
     options = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml"))
                for g in ("fusion", "mtl", "balancer", "optimizer", "scheduler", "dataset")}
     runs = [[f"{g}={o}"] for g, names in options.items() for o in names]
-    runs.append(["+loader=dataloader", "dataset=files", *[f"+reader@dataset.modalities.{r}={r}" for r in READERS],
+    runs.append(["loader=dataloader", "dataset=files", *[f"+reader@dataset.modalities.{r}={r}" for r in READERS],
                  *[f"+target@dataset.tasks.{t}={t}" for t in TARGETS],
                  *[f"+encoder@model.encoders.e_{e}={e}" for e in ENCODERS], "+head@model.heads.h=mlp"])
     for overrides in runs:

@@ -332,7 +332,7 @@ def test_pretrained_tokenizer_ids_are_shifted_so_zero_stays_padding(dataset_dir:
         def get_vocab_size(self) -> int:
             return 26
 
-    monkeypatch.setattr("mtmm_train.data.readers.text.load_tokenizer", lambda name, key: CharTokenizer())
+    monkeypatch.setattr("mtmm_train.data.readers.text.load_tokenizer", lambda name: CharTokenizer())
     data = load(dataset_dir / "manifest.csv", modalities={"caption": node("reader/text", tokenizer="chars.json")})
     assert data.modalities["caption"].vocab_size == 27
     assert data.splits["train"].inputs["caption"][0, :4].tolist() == [1, 18, 5, 4]  # "a red": a+1, r+1, e+1, d+1

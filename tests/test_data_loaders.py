@@ -41,7 +41,7 @@ def test_streaming_loader_refuses_bad_settings() -> None:
 
 def test_training_with_the_dataloader_config_matches_in_memory_training(tmp_path: Path) -> None:
     results = []
-    for extra in ([], ["+loader=dataloader", "loader.num_workers=1"]):
+    for extra in ([], ["loader=dataloader", "loader.num_workers=1"]):
         recipe = TrainRecipe(compose_cfg(TINY + extra), tmp_path / str(len(extra)))
         recipe.setup()
         results.append((recipe, recipe.train()))

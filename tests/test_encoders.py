@@ -1,23 +1,46 @@
-"""Contract test over every encoder: pooled and token shapes, masks, gradients."""
+"""Contract test over every encoder: pooled and token shapes, masks, gradients.
+
+The encoders come from ``mtmm_train/encoders/`` (tests/families.py), each tried on a modality of
+every kind: the cases are the pairs it accepts.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from families import FAMILIES, classes
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders import CNNEncoder, Conv1dEncoder, EmbeddingBagEncoder, MLPEncoder, TransformerEncoder
-from mtmm_train.errors import UserError
+from mtmm_train.encoders import CNNEncoder
+from mtmm_train.encoders.base import SUGGESTED
+from mtmm_train.errors import ComponentError, UserError
+from mtmm_train.instantiate import located
 
 IMAGE = ModalitySpec("image", (1, 16, 16), "image")
 AUDIO = ModalitySpec("audio", (2, 32), "sequence")
 TEXT = ModalitySpec("text", (12,), "tokens", vocab_size=50)
 TAB = ModalitySpec("tab", (7,), "vector")
+SPECS = {s.kind: s for s in (IMAGE, AUDIO, TEXT, TAB)}
+ENCODERS = list(classes(FAMILIES["encoder"]).values())
 
-CASES = [
-    (MLPEncoder, TAB), (MLPEncoder, IMAGE), (CNNEncoder, IMAGE), (Conv1dEncoder, AUDIO), (EmbeddingBagEncoder, TEXT),
-    (TransformerEncoder, TEXT), (TransformerEncoder, AUDIO),
-]
+
+def reads(cls: type, spec: ModalitySpec) -> bool:
+    """Whether ``cls`` accepts ``spec`` (it refuses the others with a ComponentError)."""
+    try:
+        cls(spec)
+    except ComponentError:
+        return False
+    return True
+
+
+CASES = [(cls, spec) for cls in ENCODERS for spec in SPECS.values() if reads(cls, spec)]
+TOKEN_ENCODERS = [cls for cls in ENCODERS if reads(cls, TEXT)]
+
+
+def test_every_kind_is_read_by_some_encoder_and_every_encoder_reads_some_kind() -> None:
+    assert set(SPECS) == set(SUGGESTED)  # a spec of every kind an encoder may meet
+    assert {s.kind for _, s in CASES} == set(SPECS)
+    assert {c for c, _ in CASES} == set(ENCODERS)
 
 
 def example(spec: ModalitySpec, batch: int = 5) -> torch.Tensor:
@@ -53,7 +76,8 @@ def test_cnn_channels_last_gives_the_same_output() -> None:
 
 
 def test_padding_is_ignored_by_token_encoders() -> None:
-    for cls in (EmbeddingBagEncoder, TransformerEncoder):
+    assert TOKEN_ENCODERS
+    for cls in TOKEN_ENCODERS:
         torch.manual_seed(0)
         enc = cls(TEXT, out_dim=8).eval()
         x = torch.randint(1, 50, (1, 12))
@@ -63,5 +87,18 @@ def test_padding_is_ignored_by_token_encoders() -> None:
 
 
 def test_encoder_refuses_an_input_kind_it_cannot_read() -> None:
-    with pytest.raises(UserError, match="model.encoders.tab: CNNEncoder reads image input"):
+    # A plain ValueError that does not know where the encoder sits in the config ...
+    with pytest.raises(ValueError, match=r"^CNNEncoder reads image input, but modality 'tab' is vector"):
         CNNEncoder(TAB)
+    # ... and the key in front once the builder (here: located) knows it, with a fix to copy.
+    with pytest.raises(UserError, match=r"^model\.encoders\.tab: CNNEncoder reads image input, .*e\.g\. "
+                                        r"encoder@model\.encoders\.tab=mlp$"), located("model.encoders.tab"):
+        CNNEncoder(TAB)
+
+
+@pytest.mark.parametrize("cls", ENCODERS, ids=lambda c: c.__name__)
+def test_a_size_below_one_is_refused_naming_the_setting(cls: type) -> None:
+    spec = next(s for c, s in CASES if c is cls)
+    with pytest.raises(ValueError, match=r"^out_dim must be a size >= 1, found 0") as e:
+        cls(spec, out_dim=0)
+    assert e.value.at("model.encoders.x").startswith("model.encoders.x.out_dim must be a size >= 1, found 0; ")

@@ -14,20 +14,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, TINY, compose_cfg
+from conftest import TINY, compose_cfg
+from families import FAMILIES, classes, config_names
 from omegaconf import DictConfig
 from torch import Tensor
 
 from mtmm_train.errors import UserError
-from mtmm_train.fusion import TensorFusion
+from mtmm_train.fusion import DecisionFusion, TensorFusion
 from mtmm_train.instantiate import build as build_component
 from mtmm_train.model import MultiModalModel
 from mtmm_train.recipe import TrainRecipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
-FUSIONS = sorted(p.stem for p in (CONFIGS / "fusion").glob("*.yaml"))
-CASES = [(f, ()) for f in FUSIONS] + [("late", ("fusion.combine=learned",))]
+FUSIONS = config_names("fusion")
+# Every fusion config; decision-level fusions also with learned combination weights.
+DECIDING = [n for n, cls in classes(FAMILIES["fusion"]).items() if issubclass(cls, DecisionFusion)]
+CASES = [(f, ()) for f in FUSIONS] + [(f, ("fusion.combine=learned",)) for f in DECIDING]
 IDS = [f + "".join(e) for f, e in CASES]
 MODALITIES = ("image", "audio", "text", "tabular")
 BATCH = 8
@@ -114,7 +117,7 @@ def test_contract(fusion: str, extra: tuple[str, ...], num_modalities: int, tmp_
     embs, _ = model.embed(inputs, all_present)
     z = model.fusion(embs, all_present)
     out = model.fusion.out_dim
-    assert z.shape == ((BATCH, num_modalities, out) if model.fusion.decides else (BATCH, out))
+    assert z.shape == ((BATCH, num_modalities, out) if isinstance(model.fusion, DecisionFusion) else (BATCH, out))
     preds, shared = model(inputs, all_present)
     for t, task in recipe.tasks.items():
         assert preds[t].shape == (BATCH, task.out_dim), t
@@ -176,10 +179,11 @@ def test_deterministic_under_a_seed(fusion: str, extra: tuple[str, ...]) -> None
 
 
 def test_tensor_fusion_refuses_a_huge_product_before_allocating() -> None:
-    with pytest.raises(UserError) as e:  # 100001^4 floats could never be allocated
+    with pytest.raises(ValueError) as e:  # 100001^4 floats could never be allocated
         TensorFusion({m: 100_000 for m in MODALITIES}, dim=None, max_features=100_000)
-    msg = str(e.value)
+    msg = e.value.at("fusion")  # the builder's line: the fusion's settings under their key
     assert "fusion.max_features=100,000" in msg and "fusion.dim=16" in msg  # 17^4 = 83521 fits
+    assert "max_features=100,000" in str(e.value) and "fusion." not in str(e.value)
 
 
 def test_tensor_fusion_default_config_fits_four_modalities_of_64(tmp_path: Path) -> None:

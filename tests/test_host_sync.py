@@ -172,7 +172,7 @@ NO_READS = [
     ["balancer=rlw", "fusion=low_rank", "trainer.accumulate_grad_batches=2"],
     ["fusion=tensor", "trainer.precision=bf16"],
     ["fusion=product"], ["fusion=max"], ["fusion=sum"], ["fusion=mean"],
-    ["+loader=dataloader"],
+    ["loader=dataloader"],
 ]
 # A loss-weighting balancer not combined above runs on its own (a new one needs no entry).
 _COMBINED = {"static"} | {o.split("=", 1)[1] for case in NO_READS for o in case if o.startswith("balancer=")}

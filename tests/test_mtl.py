@@ -7,19 +7,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, compose_cfg, train
+from conftest import compose_cfg, train
+from families import FAMILIES, classes, config_names
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor
 
-from mtmm_train.balancers import UPGrad
+from mtmm_train.balancers import UPGrad, all_balancers
 from mtmm_train.balancers.base import BalanceContext
 from mtmm_train.errors import UserError
 from mtmm_train.instantiate import build
 from mtmm_train.mtl import MTLArchitecture
 
 TASKS = ["a", "b", "c"]
-ARCHITECTURES = sorted(p.stem for p in (CONFIGS / "mtl").glob("*.yaml"))
-GATED = ["cgc", "cross_stitch", "mmoe", "ple"]
+ARCHITECTURES = config_names("mtl")
+# Architectures with mixing weights to log: those that override MTLArchitecture.gate_weights.
+GATED = [n for n, cls in classes(FAMILIES["mtl"]).items() if cls.gate_weights is not MTLArchitecture.gate_weights]
+# Balancers that differentiate the losses with respect to `shared` (where the gates sit), one per gated architecture.
+SHARED_GRADIENT = [n for n, cls in all_balancers().items() if cls.uses_shared_gradient]
 
 
 def make(name: str, overrides: tuple[str, ...] = ()) -> MTLArchitecture:
@@ -103,8 +107,8 @@ def test_bad_values_are_one_line_user_errors() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "balancer"), [("mmoe", "upgrad"), ("cgc", "mgda"), ("ple", "nash_mtl"),
-                                                ("cross_stitch", "gradnorm")])
+@pytest.mark.parametrize(("name", "balancer"), [(n, SHARED_GRADIENT[i % len(SHARED_GRADIENT)])
+                                                for i, n in enumerate(GATED)])
 def test_each_architecture_trains_in_the_recipe_and_logs_its_gates(name: str, balancer: str, tmp_path: Path) -> None:
     recipe = train(tmp_path, [f"mtl={name}", f"balancer={balancer}", "trainer.limit_train_batches=4",
                               "logger.log_every_n_steps=2", "logger.grad_cosine_every_n_steps=2"])

@@ -70,7 +70,9 @@ class Balancer(nn.Module):
     A balancer belongs to one of two families, each with its own base class and contract:
     :class:`~mtmm_train.balancers.weighting.LossWeighting` (implements ``loss_weights``) and
     :class:`~mtmm_train.balancers.aggregation.GradientAggregation` (implements ``weights`` of a
-    Gramian). ``mtmm_train.balancers.all_balancers()`` finds every one by itself.
+    Gramian). ``mtmm_train.balancers.all_balancers()`` finds every one by itself. A bad setting is
+    refused in the constructor with a :class:`~mtmm_train.errors.SettingError` (:func:`check_number`,
+    :func:`check_choice`: ``alpha must be a non-negative float, found -1``); the builder names the key.
 
     Args:
         tasks: task names (passed in by the recipe).

@@ -25,6 +25,7 @@ from mtmm_train.data.readers.base import (
     UNSEEN_POLICIES,
     ModalityReader,
     ReadContext,
+    ReadResult,
     TargetReader,
     check_finite,
     check_scalar_cells,
@@ -32,7 +33,7 @@ from mtmm_train.data.readers.base import (
 )
 from mtmm_train.data.splits import SPLITS, assign_splits
 from mtmm_train.errors import UserError, check
-from mtmm_train.instantiate import build
+from mtmm_train.instantiate import build, located
 
 __all__ = ["build_readers", "files", "from_frame", "from_table"]
 
@@ -153,10 +154,14 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
     split = assign_splits(table, num_rows, split_column, split_ratios, seed)
     check_files(table, root, readers, manifest)
 
-    columns = {key: r.read(table, ReadContext(f"dataset.{key}", root, split, num_workers, unseen_classes, manifest))
-               for key, r in readers.items()}
-    for key, c in columns.items():  # e.g. NaN inside a .npy file, or statistics that overflowed
-        check_finite(c, f"dataset.{key}", table[readers[key].columns()[0]] if readers[key].reads_files else None)
+    ctx = ReadContext(root, split, num_workers, unseen_classes, manifest)
+    columns: dict[str, ReadResult] = {}
+    for key, r in readers.items():
+        with located(f"dataset.{key}"):
+            columns[key] = r.read(table, ctx)
+    for key, r in readers.items():  # e.g. NaN inside a .npy file, or statistics that overflowed
+        with located(f"dataset.{key}"):
+            check_finite(columns[key], table[r.columns()[0]] if r.reads_files else None)
     present = torch.stack([columns[f"modalities.{m}"].present for m in modalities], 1)  # (N, M)
     keep = present.any(1)
     if not keep.all():
@@ -177,8 +182,9 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
         for name in ("train", "val"):
             check(bool(splits[name].labeled[t].any()), f"dataset.tasks.{t}: the '{name}' split has no label for it; "
                   "fill its column or change the split")
-    data = MultiModalData({m: r.spec() for m, r in modalities.items()}, {t: r.spec() for t, r in tasks.items()},
-                          splits, {key: r.learned() for key, r in readers.items()})
+    data = MultiModalData({m: columns[f"modalities.{m}"].spec for m in modalities},
+                          {t: columns[f"tasks.{t}"].spec for t in tasks}, splits,
+                          {key: c.learned for key, c in columns.items()})
     log.info("dataset: %s rows (%s); modalities %s; tasks %s", num_rows,
              ", ".join(f"{k} {len(s)}" for k, s in splits.items()),
              ", ".join(f"{m} {s.kind}{list(s.shape)}" for m, s in data.modalities.items()),
@@ -194,9 +200,9 @@ def media_digest(table: Table, root: Path, readers: dict[str, ModalityReader | T
     """
     h = hashlib.sha256()
     for r in readers.values():
-        if not r.reads_files or r.column not in table:
+        if not r.reads_files:
             continue
-        for v in table[r.column]:
+        for v in (v for c in r.columns() if c in table for v in table[c]):
             if is_empty(v):
                 continue
             try:
@@ -212,21 +218,21 @@ def check_files(table: Table, root: Path, readers: dict[str, ModalityReader | Ta
     """Fail, before decoding anything, if files named by the manifest do not exist (or are folders)."""
     problems = []
     for key, r in readers.items():
-        if not r.reads_files:
-            continue
-        check_scalar_cells(table[r.column], f"dataset.{key}", r.column, "a file path", manifest)
-        cells = [v for v in table[r.column] if not is_empty(v)]
-        paths = [resolve(root, v) for v in cells]
-        folders = [p for p in paths if p.is_dir()]
-        if folders:
-            listed = ", ".join(str(p) for p in folders[:MAX_LISTED])
-            raise UserError(f"dataset.{key} (column '{r.column}'): {len(folders)} of {len(cells)} paths are "
-                            f"directories, e.g. {listed}; give a file in each cell (or empty the cell)")
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            listed = ", ".join(str(p) for p in missing[:MAX_LISTED])
-            problems.append(f"dataset.{key} (column '{r.column}'): {len(missing)} of {len(cells)} files not found, "
-                            f"e.g. {listed}")
+        for column in r.columns() if r.reads_files else []:
+            with located(f"dataset.{key}"):
+                check_scalar_cells(table[column], column, "a file path", manifest)
+            cells = [v for v in table[column] if not is_empty(v)]
+            paths = [resolve(root, v) for v in cells]
+            folders = [p for p in paths if p.is_dir()]
+            if folders:
+                listed = ", ".join(str(p) for p in folders[:MAX_LISTED])
+                raise UserError(f"dataset.{key} (column '{column}'): {len(folders)} of {len(cells)} paths are "
+                                f"directories, e.g. {listed}; give a file in each cell (or empty the cell)")
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                listed = ", ".join(str(p) for p in missing[:MAX_LISTED])
+                problems.append(f"dataset.{key} (column '{column}'): {len(missing)} of {len(cells)} files not "
+                                f"found, e.g. {listed}")
     if problems:
         raise UserError(f"{'; '.join(problems)}; paths are relative to the manifest's folder {root}; fix them, or "
                         "empty the cells of samples that lack the file")

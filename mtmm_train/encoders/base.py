@@ -14,7 +14,9 @@ class Encoder(nn.Module):
     """Base of all encoders.
 
     Subclasses set ``out_dim`` and implement :meth:`tokens`; :meth:`forward` pools the tokens
-    by their mean (override it when a cheaper pooled path exists).
+    by their mean (override it when a cheaper pooled path exists). A bad setting is refused in
+    the constructor with a :class:`~mtmm_train.errors.SettingError` (:func:`check_sizes` for
+    sizes); the builder names the config key.
 
     Args:
         modality: the spec of the modality this encoder reads.

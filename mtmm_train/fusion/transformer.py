@@ -63,7 +63,7 @@ class TransformerFusion(Fusion):
             length = x.shape[1]
             if length > self.max_tokens:  # a shape, known on the host: no synchronisation
                 raise SettingError("max_tokens", f"is {self.max_tokens}, but modality '{m}' has {length} tokens; "
-                                   f"raise it, e.g. {KEY}.max_tokens={length}")
+                                   f"raise it, e.g. {KEY}.max_tokens={length}", source=self)
             seq.append(self.proj[m](x) + self.modality_type[i] + self.positions[m][:length])
             padding.append((~present[m]).unsqueeze(1).expand(batch, length))
         h = self.layers(torch.cat(seq, 1), src_key_padding_mask=torch.cat(padding, 1))  # (B, 1 + sum L_m, D)

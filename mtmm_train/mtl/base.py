@@ -18,6 +18,9 @@ class MTLArchitecture(nn.Module):
     backpropagated twice). Architectures whose tasks read several shared tensors (experts and
     the gates' input) return their concatenation, and read slices of it.
 
+    Settings are checked in the constructor; a refusal is a
+    :class:`~mtmm_train.errors.SettingError` (the builder names the config key).
+
     Args:
         in_dim: size of the fused representation (passed in by the recipe).
         tasks: task names (passed in by the recipe).

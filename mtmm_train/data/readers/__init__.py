@@ -2,7 +2,7 @@
 
 from mtmm_train.data.readers.array import ArrayReader
 from mtmm_train.data.readers.audio import AudioReader
-from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, Reader, TargetReader
+from mtmm_train.data.readers.base import ModalityReader, ReadContext, Reader, ReadResult, TargetReader
 from mtmm_train.data.readers.binary import BinaryLabel
 from mtmm_train.data.readers.image import ImageReader
 from mtmm_train.data.readers.label import ClassLabel
@@ -16,13 +16,13 @@ __all__ = [
     "AudioReader",
     "BinaryLabel",
     "ClassLabel",
-    "Column",
     "ImageReader",
     "ModalityReader",
     "MultiLabel",
     "NumericReader",
     "NumericTarget",
     "ReadContext",
+    "ReadResult",
     "Reader",
     "TargetReader",
     "TextReader",

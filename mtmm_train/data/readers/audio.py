@@ -10,8 +10,8 @@ from torch import Tensor
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.data.audio import log_mel, mel_filterbank, read_wav, resample
 from mtmm_train.data.manifest import Table, is_empty
-from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, decode_files, resolve, stack_present
-from mtmm_train.errors import check
+from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, decode_files, resolve, stack_present
+from mtmm_train.errors import SettingError
 
 
 class AudioReader(ModalityReader):
@@ -35,12 +35,13 @@ class AudioReader(ModalityReader):
     def __init__(self, name: str, column: str | None = None, sample_rate: int = 16000, n_mels: int = 40,
                  n_fft: int = 400, hop_length: int = 160, max_frames: int = 100) -> None:
         super().__init__(name, column)
-        for key, value in (("sample_rate", sample_rate), ("n_mels", n_mels), ("n_fft", n_fft),
-                           ("hop_length", hop_length), ("max_frames", max_frames)):
-            check(isinstance(value, int) and value >= 1,
-                  f"dataset.modalities.{name}.{key} must be a positive integer, found {value!r}")
-        check(n_mels <= n_fft // 2 + 1, f"dataset.modalities.{name}.n_mels must be at most n_fft // 2 + 1 = "
-              f"{n_fft // 2 + 1}, found {n_mels}; lower n_mels or raise n_fft")
+        for setting, value in (("sample_rate", sample_rate), ("n_mels", n_mels), ("n_fft", n_fft),
+                               ("hop_length", hop_length), ("max_frames", max_frames)):
+            if not isinstance(value, int) or value < 1:
+                raise SettingError(setting, f"must be a positive integer, found {value!r}")
+        if n_mels > n_fft // 2 + 1:
+            raise SettingError("n_mels", f"must be at most n_fft // 2 + 1 = {n_fft // 2 + 1}, found {n_mels}; lower "
+                               "n_mels or raise n_fft")
         self.sample_rate, self.n_mels, self.n_fft = sample_rate, n_mels, n_fft
         self.hop_length, self.max_frames = hop_length, max_frames
         self.filterbank = mel_filterbank(n_mels, n_fft, sample_rate)
@@ -61,14 +62,12 @@ class AudioReader(ModalityReader):
             raise ValueError("the file holds no samples")
         return self.features(wave, rate)
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
         cells = table[self.column]
         rows = [i for i, v in enumerate(cells) if not is_empty(v)]
         clips = decode_files([resolve(ctx.root, cells[i]) for i in rows], self.decode, ctx, "WAV audio")
         out: list[Tensor | None] = [None] * len(cells)
         for i, x in zip(rows, clips, strict=True):
             out[i] = x
-        return stack_present(out, (self.n_mels, self.max_frames))
-
-    def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.name, (self.n_mels, self.max_frames), "sequence")
+        shape = (self.n_mels, self.max_frames)
+        return ReadResult(*stack_present(out, shape), ModalitySpec(self.name, shape, "sequence"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import Column, ReadContext, TargetReader, class_ids, class_key
-from mtmm_train.errors import UserError
+from mtmm_train.data.readers.base import ReadContext, ReadResult, TargetReader, class_ids, class_key, learned
+from mtmm_train.errors import KEY, ComponentError, SettingError
 
 
 class BinaryLabel(TargetReader):
@@ -21,19 +21,16 @@ class BinaryLabel(TargetReader):
     def __init__(self, name: str, column: str | None = None, positive: str | int | None = None) -> None:
         super().__init__(name, column)
         self.positive = None if positive is None else class_key(positive)
-        self.classes: list[str] = []
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
-        self.classes, ids, labeled = class_ids(table[self.column], ctx, self.column)
-        if len(self.classes) != 2:
-            raise UserError(f"{ctx.key}: column '{self.column}' has {len(self.classes)} classes in the training "
-                            f"split ({', '.join(self.classes[:6])}); a binary task needs exactly two: use "
-                            f"target@dataset.tasks.{self.name}=label for more")
-        positive = self.positive if self.positive is not None else self.classes[1]
-        if positive not in self.classes:
-            raise UserError(f"{ctx.key}.positive is '{positive}', which is not a class of column '{self.column}'; "
-                            f"allowed: {', '.join(self.classes)}")
-        return Column((ids == self.classes.index(positive)).float(), labeled)
-
-    def spec(self) -> TaskSpec:
-        return TaskSpec(self.name, "binary", 1)
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
+        classes, ids, labeled = class_ids(table[self.column], ctx, self.column)
+        if len(classes) != 2:
+            raise ComponentError(f"column '{self.column}' has {len(classes)} classes in the training split "
+                                 f"({', '.join(classes[:6])}); a binary task needs exactly two: use "
+                                 f"target@{KEY}=label for more")
+        positive = self.positive if self.positive is not None else classes[1]
+        if positive not in classes:
+            raise SettingError("positive", f"is '{positive}', which is not a class of column '{self.column}'; "
+                               f"allowed: {', '.join(classes)}")
+        return ReadResult((ids == classes.index(positive)).float(), labeled, TaskSpec(self.name, "binary", 1),
+                          learned(classes=classes, positive=self.positive))

@@ -11,8 +11,8 @@ from torch import Tensor
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.data.manifest import Table, is_empty
 from mtmm_train.data.optional import require
-from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, decode_files, resolve, stack_present
-from mtmm_train.errors import check
+from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, decode_files, resolve, stack_present
+from mtmm_train.errors import SettingError
 
 
 class ImageReader(ModalityReader):
@@ -31,10 +31,10 @@ class ImageReader(ModalityReader):
                  channels: int = 3) -> None:
         super().__init__(name, column)
         size = tuple(size)
-        check(len(size) == 2 and all(int(s) >= 1 for s in size),
-              f"dataset.modalities.{name}.size must be [height, width] in pixels, found {list(size)}")
-        check(channels in (1, 3), f"dataset.modalities.{name}.channels must be 1 (grayscale) or 3 (RGB), "
-              f"found {channels}")
+        if not (len(size) == 2 and all(int(s) >= 1 for s in size)):
+            raise SettingError("size", f"must be [height, width] in pixels, found {list(size)}")
+        if channels not in (1, 3):
+            raise SettingError("channels", f"must be 1 (grayscale) or 3 (RGB), found {channels}")
         self.size = (int(size[0]), int(size[1]))
         self.channels = channels
 
@@ -48,7 +48,7 @@ class ImageReader(ModalityReader):
         x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(x))
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
         require("PIL.Image", "data", "reading image files", package="pillow")
         cells = table[self.column]
         rows = [i for i, v in enumerate(cells) if not is_empty(v)]
@@ -56,7 +56,5 @@ class ImageReader(ModalityReader):
         out: list[Tensor | None] = [None] * len(cells)
         for i, x in zip(rows, images, strict=True):
             out[i] = x
-        return stack_present(out, (self.channels, *self.size))
-
-    def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.name, (self.channels, *self.size), "image")
+        shape = (self.channels, *self.size)
+        return ReadResult(*stack_present(out, shape), ModalitySpec(self.name, shape, "image"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import Column, ReadContext, TargetReader, class_ids
+from mtmm_train.data.readers.base import ReadContext, ReadResult, TargetReader, class_ids, learned
 
 
 class ClassLabel(TargetReader):
@@ -18,13 +18,6 @@ class ClassLabel(TargetReader):
         column: the label column; null: ``name``.
     """
 
-    def __init__(self, name: str, column: str | None = None) -> None:
-        super().__init__(name, column)
-        self.classes: list[str] = []
-
-    def read(self, table: Table, ctx: ReadContext) -> Column:
-        self.classes, ids, labeled = class_ids(table[self.column], ctx, self.column)
-        return Column(ids, labeled)
-
-    def spec(self) -> TaskSpec:
-        return TaskSpec(self.name, "multiclass", len(self.classes))
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
+        classes, ids, labeled = class_ids(table[self.column], ctx, self.column)
+        return ReadResult(ids, labeled, TaskSpec(self.name, "multiclass", len(classes)), learned(classes=classes))

@@ -8,8 +8,16 @@ import torch
 
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table, is_empty
-from mtmm_train.data.readers.base import MAX_LISTED, Column, ReadContext, TargetReader, class_key, sort_classes
-from mtmm_train.errors import UserError
+from mtmm_train.data.readers.base import (
+    MAX_LISTED,
+    ReadContext,
+    ReadResult,
+    TargetReader,
+    class_key,
+    learned,
+    sort_classes,
+)
+from mtmm_train.errors import KEY, ComponentError
 
 EMPTY_SET = "[]"  # a cell that says "none of the labels" (an empty cell is a missing label)
 
@@ -29,7 +37,6 @@ class MultiLabel(TargetReader):
     def __init__(self, name: str, column: str | None = None, separator: str = "|") -> None:
         super().__init__(name, column)
         self.separator = separator
-        self.labels: list[str] = []
 
     def split(self, cell: Any) -> list[str]:
         """The labels of one non-empty cell."""
@@ -40,26 +47,24 @@ class MultiLabel(TargetReader):
             return []
         return [s.strip() for s in text.split(self.separator) if s.strip()]
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
         cells = table[self.column]
         sets = [None if is_empty(v) else self.split(v) for v in cells]
         train = ctx.train.tolist()
-        self.labels = sort_classes({x for s, t in zip(sets, train, strict=True) if t and s is not None for x in s})
-        if not self.labels:
-            raise UserError(f"{ctx.key}: column '{self.column}' has no label in the training split; check the "
-                            f"column and dataset.tasks.{self.name}.separator ('{self.separator}')")
-        index = {c: i for i, c in enumerate(self.labels)}
+        labels = sort_classes({x for s, t in zip(sets, train, strict=True) if t and s is not None for x in s})
+        if not labels:
+            raise ComponentError(f"column '{self.column}' has no label in the training split; check the column and "
+                                 f"{KEY}.separator ('{self.separator}')")
+        index = {c: i for i, c in enumerate(labels)}
         unseen = sorted({x for s in sets if s is not None for x in s if x not in index})
         if unseen and ctx.unseen_classes == "error":
-            raise UserError(f"{ctx.key}: column '{self.column}' has labels outside the training split only: "
-                            f"{', '.join(unseen[:MAX_LISTED])}; move such rows into training, or set "
-                            "dataset.unseen_classes=ignore to drop those labels")
-        values = torch.zeros(len(cells), len(self.labels))
+            raise ComponentError(f"column '{self.column}' has labels outside the training split only: "
+                                 f"{', '.join(unseen[:MAX_LISTED])}; move such rows into training, or set "
+                                 "dataset.unseen_classes=ignore to drop those labels")
+        values = torch.zeros(len(cells), len(labels))
         for i, s in enumerate(sets):
             for x in s or []:
                 if x in index:  # an unseen label (policy ignore) is dropped from the set
                     values[i, index[x]] = 1.0
-        return Column(values, torch.tensor([s is not None for s in sets], dtype=torch.bool))
-
-    def spec(self) -> TaskSpec:
-        return TaskSpec(self.name, "multilabel", len(self.labels))
+        return ReadResult(values, torch.tensor([s is not None for s in sets], dtype=torch.bool),
+                          TaskSpec(self.name, "multilabel", len(labels)), learned(labels=labels))

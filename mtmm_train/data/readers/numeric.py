@@ -6,8 +6,8 @@ import torch
 
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, float_cells
-from mtmm_train.errors import UserError, check
+from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, float_cells, learned
+from mtmm_train.errors import KEY, ComponentError, SettingError
 
 
 class NumericReader(ModalityReader):
@@ -24,34 +24,31 @@ class NumericReader(ModalityReader):
     def __init__(self, name: str, columns: list[str] | str | None = None) -> None:
         super().__init__(name, None)
         cols = [columns] if isinstance(columns, str) else list(columns or [name])
-        check(len(cols) > 0, f"dataset.modalities.{name}.columns is empty; list the numeric columns")
+        if not cols:
+            raise SettingError("columns", "is empty; list the numeric columns")
         self.cols = [str(c) for c in cols]
-        self.mean = torch.zeros(0)
-        self.std = torch.ones(0)
 
     def columns(self) -> list[str]:
         return self.cols
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
-        x = torch.stack([float_cells(table[c], ctx.key, c) for c in self.cols], 1)  # (N, F) float64, NaN = empty
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
+        x = torch.stack([float_cells(table[c], c) for c in self.cols], 1)  # (N, F) float64, NaN = empty
         finite = ~torch.isnan(x)
         present = finite.any(1)
         train = ctx.train.unsqueeze(1) & finite
         count = train.sum(0)
         if (count == 0).any():
             col = self.cols[int((count == 0).nonzero()[0])]
-            raise UserError(f"{ctx.key}: column '{col}' has no number in the training split; fill it or drop it "
-                            f"from dataset.modalities.{self.name}.columns")
+            raise ComponentError(f"column '{col}' has no number in the training split; fill it or drop it from "
+                                 f"{KEY}.columns")
         zero = torch.zeros((), dtype=x.dtype)
-        self.mean = torch.where(train, x, zero).sum(0) / count
-        var = torch.where(train, (x - self.mean) ** 2, zero).sum(0) / count
-        self.std = var.sqrt().clamp_min(1e-12)
-        values = torch.where(finite, (x - self.mean) / self.std, zero)
+        mean = torch.where(train, x, zero).sum(0) / count
+        var = torch.where(train, (x - mean) ** 2, zero).sum(0) / count
+        std = var.sqrt().clamp_min(1e-12)
+        values = torch.where(finite, (x - mean) / std, zero)
         values[~present] = 0.0
-        return Column(values.float(), present)
-
-    def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.name, (len(self.cols),), "vector")
+        return ReadResult(values.float(), present, ModalitySpec(self.name, (len(self.cols),), "vector"),
+                          learned(mean=mean, std=std))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(columns={self.cols!r})"

@@ -6,8 +6,8 @@ import torch
 
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import Column, ReadContext, TargetReader, float_cells
-from mtmm_train.errors import UserError, check
+from mtmm_train.data.readers.base import ReadContext, ReadResult, TargetReader, float_cells, learned
+from mtmm_train.errors import ComponentError, SettingError
 
 
 class NumericTarget(TargetReader):
@@ -28,36 +28,33 @@ class NumericTarget(TargetReader):
                  log: bool = False) -> None:
         super().__init__(name, None)
         cols = [columns] if isinstance(columns, str) else list(columns or [name])
-        check(len(cols) > 0, f"dataset.tasks.{name}.columns is empty; list the numeric target columns")
+        if not cols:
+            raise SettingError("columns", "is empty; list the numeric target columns")
         self.cols = [str(c) for c in cols]
         self.standardize, self.log = standardize, log
-        self.mean = torch.zeros(0)
-        self.std = torch.ones(0)
 
     def columns(self) -> list[str]:
         return self.cols
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
-        y = torch.stack([float_cells(table[c], ctx.key, c) for c in self.cols], 1)  # (N, K) float64
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
+        y = torch.stack([float_cells(table[c], c) for c in self.cols], 1)  # (N, K) float64
         labeled = ~torch.isnan(y).any(1)
         if self.log:
             bad = labeled & (y <= 0).any(1)
             if bad.any():
                 row = int(bad.nonzero()[0]) + 1
-                raise UserError(f"{ctx.key}.log is true, but row {row} has a target <= 0; use log=false or fix it")
+                raise SettingError("log", f"is true, but row {row} has a target <= 0; use log=false or fix it")
             y = torch.log(y)
         train = labeled & ctx.train
         if not train.any():
-            raise UserError(f"{ctx.key}: columns {self.cols} have no number in the training split; fill them")
-        self.mean = y[train].mean(0) if self.standardize else torch.zeros(len(self.cols), dtype=y.dtype)
-        self.std = y[train].std(0, correction=0).clamp_min(1e-12) if self.standardize else \
+            raise ComponentError(f"columns {self.cols} have no number in the training split; fill them")
+        mean = y[train].mean(0) if self.standardize else torch.zeros(len(self.cols), dtype=y.dtype)
+        std = y[train].std(0, correction=0).clamp_min(1e-12) if self.standardize else \
             torch.ones(len(self.cols), dtype=y.dtype)
-        values = torch.where(labeled.unsqueeze(1), (y - self.mean) / self.std, torch.zeros((), dtype=y.dtype))
+        values = torch.where(labeled.unsqueeze(1), (y - mean) / std, torch.zeros((), dtype=y.dtype))
         values = values.float()
-        return Column(values[:, 0] if len(self.cols) == 1 else values, labeled)
-
-    def spec(self) -> TaskSpec:
-        return TaskSpec(self.name, "regression", len(self.cols))
+        return ReadResult(values[:, 0] if len(self.cols) == 1 else values, labeled,
+                          TaskSpec(self.name, "regression", len(self.cols)), learned(mean=mean, std=std))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(columns={self.cols!r}, standardize={self.standardize}, log={self.log})"

@@ -12,8 +12,15 @@ import torch
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.data.manifest import Table
 from mtmm_train.data.optional import require
-from mtmm_train.data.readers.base import Column, ModalityReader, ReadContext, check_scalar_cells, present_of
-from mtmm_train.errors import UserError, check
+from mtmm_train.data.readers.base import (
+    ModalityReader,
+    ReadContext,
+    ReadResult,
+    check_scalar_cells,
+    learned,
+    present_of,
+)
+from mtmm_train.errors import KEY, ComponentError, SettingError, UserError
 
 PAD, UNK = 0, 1  # id 0 is padding (encoders ignore it); 1 stands for words not in the vocabulary
 WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -42,72 +49,85 @@ class TextReader(ModalityReader):
     def __init__(self, name: str, column: str | None = None, max_length: int = 32, min_count: int = 1,
                  max_vocab: int = 20000, lowercase: bool = True, tokenizer: str | None = None) -> None:
         super().__init__(name, column)
-        check(max_length >= 1, f"dataset.modalities.{name}.max_length must be >= 1, found {max_length}")
-        check(min_count >= 1, f"dataset.modalities.{name}.min_count must be >= 1, found {min_count}")
-        check(max_vocab >= 1, f"dataset.modalities.{name}.max_vocab must be >= 1, found {max_vocab}")
+        for setting, value in (("max_length", max_length), ("min_count", min_count), ("max_vocab", max_vocab)):
+            if value < 1:
+                raise SettingError(setting, f"must be >= 1, found {value}")
         self.max_length, self.min_count, self.max_vocab = max_length, min_count, max_vocab
         self.lowercase, self.tokenizer = lowercase, tokenizer
-        self.vocab: dict[str, int] = {}
-        self.vocab_size = 0
 
     def words(self, text: str) -> list[str]:
         """Split one text into words and punctuation marks."""
         return WORD.findall(text.lower() if self.lowercase else text)
 
-    def read(self, table: Table, ctx: ReadContext) -> Column:
+    def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
         cells = table[self.column]
-        check_scalar_cells(cells, ctx.key, self.column, "a text", ctx.manifest)
+        check_scalar_cells(cells, self.column, "a text", ctx.manifest)
         present = present_of(cells)
         texts = [str(v) if p else "" for v, p in zip(cells, present.tolist(), strict=True)]
+        vocab: dict[str, int] = {}
         if self.tokenizer is None:
-            ids = self._word_ids(texts, ctx)
+            vocab, ids = self._word_ids(texts, ctx)
+            size = len(vocab) + 2
         else:
-            ids = self._pretrained_ids(texts, ctx)
+            size, ids = self._pretrained_ids(texts)
         values = torch.zeros(len(texts), self.max_length, dtype=torch.long)
         for i, row in enumerate(ids):
             row = row[:self.max_length]
             values[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        return Column(values, present)
+        return ReadResult(values, present, ModalitySpec(self.name, (self.max_length,), "tokens", vocab_size=size),
+                          learned(vocab=vocab, tokenizer=self.tokenizer))
 
-    def _word_ids(self, texts: list[str], ctx: ReadContext) -> list[list[int]]:
+    def _word_ids(self, texts: list[str], ctx: ReadContext) -> tuple[dict[str, int], list[list[int]]]:
+        """The vocabulary (word -> id) of the training split, and every text's ids."""
         tokens = [self.words(t) for t in texts]
         train = ctx.train.tolist()
         counts = Counter(w for toks, tr in zip(tokens, train, strict=True) if tr for w in toks)
         # Most frequent first; ties in alphabetical order, so the vocabulary is deterministic.
         kept = sorted((w for w, c in counts.items() if c >= self.min_count), key=lambda w: (-counts[w], w))
-        self.vocab = {w: i + 2 for i, w in enumerate(kept[:self.max_vocab])}
-        self.vocab_size = len(self.vocab) + 2
-        if not self.vocab:
-            raise UserError(f"{ctx.key}: column '{self.column}' has no word in the training split seen at least "
-                            f"min_count={self.min_count} times; lower min_count or check the column")
-        return [[self.vocab.get(w, UNK) for w in toks] for toks in tokens]
+        vocab = {w: i + 2 for i, w in enumerate(kept[:self.max_vocab])}
+        if not vocab:
+            raise ComponentError(f"column '{self.column}' has no word in the training split seen at least "
+                                 f"min_count={self.min_count} times; lower min_count or check the column")
+        return vocab, [[vocab.get(w, UNK) for w in toks] for toks in tokens]
 
-    def _pretrained_ids(self, texts: list[str], ctx: ReadContext) -> list[list[int]]:
-        tok = load_tokenizer(str(self.tokenizer), ctx.key)
+    def _pretrained_ids(self, texts: list[str]) -> tuple[int, list[list[int]]]:
+        """The vocabulary size (padding included) and every text's ids, from the pretrained tokenizer."""
+        tok = load_tokenizer(str(self.tokenizer))
         ids = [list(encode(tok, t)) if t else [] for t in texts]
-        self.vocab_size = vocab_size(tok) + 1
-        return [[i + 1 for i in row] for row in ids]  # shift by one: 0 stays padding
-
-    def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.name, (self.max_length,), "tokens", vocab_size=self.vocab_size)
+        return vocab_size(tok) + 1, [[i + 1 for i in row] for row in ids]  # shift by one: 0 stays padding
 
 
-def load_tokenizer(name: str, key: str) -> Any:
-    """A ``tokenizers.Tokenizer`` from a ``.json`` file, or a local Hugging Face tokenizer by name."""
+def load_tokenizer(name: str) -> Any:
+    """A ``tokenizers.Tokenizer`` from a ``.json`` file, or a local Hugging Face tokenizer by name.
+
+    Raises:
+        SettingError: about ``tokenizer``: not a file, not in the local cache, or its package is missing.
+    """
+    try:
+        return _load_tokenizer(name)
+    except SettingError:
+        raise
+    except UserError as e:  # a missing package (require): name the setting that needs it
+        raise SettingError("tokenizer", f"'{name}': {e}") from None
+
+
+def _load_tokenizer(name: str) -> Any:
     if name.endswith(".json"):
         path = Path(name).expanduser()
-        check(not path.is_dir(), f"{key}.tokenizer '{name}' is a directory; give a file, e.g. "
-              f"{key}.tokenizer={path / 'tokenizer.json'}")
-        check(path.is_file(), f"{key}.tokenizer is '{name}', which does not exist; give a tokenizer.json file "
-              "or a tokenizer name")
-        tokenizers = require("tokenizers", "text", f"{key}.tokenizer (a tokenizer.json file)")
+        if path.is_dir():
+            raise SettingError("tokenizer", f"'{name}' is a directory; give a file, e.g. "
+                               f"{KEY}.tokenizer={path / 'tokenizer.json'}")
+        if not path.is_file():
+            raise SettingError("tokenizer", f"is '{name}', which does not exist; give a tokenizer.json file or a "
+                               "tokenizer name")
+        tokenizers = require("tokenizers", "text", "a tokenizer.json file")
         return tokenizers.Tokenizer.from_file(str(path))
-    transformers = require("transformers", "text", f"{key}.tokenizer '{name}'")
+    transformers = require("transformers", "text", "a Hugging Face tokenizer name")
     try:
         return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise UserError(f"{key}.tokenizer '{name}' is not in the local Hugging Face cache (nothing is downloaded "
-                        f"at run time: {str(e).splitlines()[0][:100]}); use a tokenizer.json path or null") from None
+        raise SettingError("tokenizer", f"'{name}' is not in the local Hugging Face cache (nothing is downloaded at "
+                           f"run time: {str(e).splitlines()[0][:100]}); use a tokenizer.json path or null") from None
 
 
 def encode(tok: Any, text: str) -> list[int]:

@@ -1,0 +1,635 @@
+"""Benchmarks of the training step, side by side in one process: what ``scripts/benchmark.py`` and the
+``scripts/bench_*.py`` command lines run.
+
+Four measurements, each timed in alternating rounds (or steps) so that a drift of the machine's
+speed hits every side alike, and each reported as a median:
+
+* **recipe vs hand-written loop** (:func:`compare`): :meth:`TrainRecipe.train_step
+  <mtmm_train.recipe.TrainRecipe.train_step>`, exactly the loop's work for one optimizer step,
+  against :func:`hand_step`, what a user would write without the project: forward, the same masked
+  losses summed, backward, the same clipping, optimizer and schedule.
+* **each speed technique off and on** (:func:`ablate`, :data:`TECHNIQUES`):
+
+  - ``host_sync``: off = a ``.item()`` read of the losses after every step (what per-step logging
+    costs), on = the loop as it is (losses summed on the device, read every N steps).
+  - ``fused_adamw``: ``optimizer.fused`` false vs true (the recipe's default on CUDA).
+  - ``channels_last``: the image CNN's convolutions in NCHW vs channels-last memory format.
+  - ``compile``: ``trainer.compile`` false vs true.
+  - ``cudnn_benchmark``: ``torch.backends.cudnn.benchmark`` false vs true (``trainer.cudnn_benchmark``;
+    a global flag, so each side sets it before its steps). No effect on a CPU.
+
+* **fusion cost** (:func:`fusion_table`): parameters, step time and memory of every fusion at 2, 3
+  and 4 modalities.
+* **balancer cost** (:func:`balancer_table`): step time of every balancer relative to static
+  weights, for 2, 4 and 8 tasks, in both Jacobian spaces.
+
+Every model is built from the project's configs (:func:`compose_cfg`); a recipe's step is always
+the loop's own (:func:`recipe_step`), a balancer bench's the loop's :func:`~mtmm_train.recipe.training_step`
+plus the optimizer step. Nothing here reaches into the recipe's private state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from mtmm_train import builders
+from mtmm_train.balancers import all_balancers
+from mtmm_train.batch import Batch
+from mtmm_train.data import InMemoryLoader, MultiModalData
+from mtmm_train.data.base import TensorSplit
+from mtmm_train.errors import UserError
+from mtmm_train.model import MultiModalModel
+from mtmm_train.recipe import TrainRecipe, training_step
+
+# ---------------------------------------------------------------------- configs, recipes, timing
+QUIET = ["logger.progress_bar=false", "logger.tensorboard=false"]
+PRESETS: dict[str, list[str]] = {
+    "default": [],
+    # A bigger model than the default on the same synthetic data (CPU "larger config").
+    "large": ["model.encoders.image.channels=[32,64,128]", "model.encoders.image.out_dim=128",
+              "model.encoders.audio.out_dim=128", "model.encoders.text.out_dim=128",
+              "model.encoders.tabular.out_dim=128", "model.encoders.tabular.hidden_dims=[256]",
+              "mtl.hidden_dims=[512,256]", "trainer.batch_size=256", "dataset.image_size=32"],
+    "reference_small": ["experiment=reference_small"],
+    "reference_large": ["experiment=reference_large"],
+}
+MODES: dict[str, list[str]] = {
+    "fp32": ["trainer.precision=32", "trainer.float32_matmul_precision=highest"],
+    "tf32": ["trainer.precision=32", "trainer.float32_matmul_precision=high"],
+    "bf16": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high"],
+    "bf16+compile": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true"],
+    # CUDA graphs through torch.compile(mode="reduce-overhead"): launches replayed, not dispatched.
+    "bf16+cudagraphs": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true",
+                        "trainer.compile_mode=reduce-overhead"],
+    # Inductor times Triton templates against cuBLAS for each matmul/convolution shape (minutes to compile).
+    "bf16+autotune": ["trainer.precision=bf16", "trainer.float32_matmul_precision=high", "trainer.compile=true",
+                      "trainer.compile_mode=max-autotune-no-cudagraphs"],
+}
+
+
+def preset(name: str) -> list[str]:
+    """The overrides of a named config (:data:`PRESETS`); any other name is one override itself."""
+    return list(PRESETS.get(name, [name]))
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    """Compose ``train.yaml`` with ``overrides``, inside the caller's Hydra context if there is one."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_module(config_module="mtmm_train.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def make_recipe(overrides: list[str], out: Path | str) -> TrainRecipe:
+    """A set-up recipe of ``overrides`` (no progress bar, no TensorBoard), its run folder ``out``."""
+    recipe = TrainRecipe(compose_cfg(QUIET + overrides), out)
+    recipe.setup()
+    return recipe
+
+
+def first_batches(recipe: TrainRecipe, count: int = 8) -> list[Batch]:
+    """The first ``count`` training batches of epoch 0 (fewer if the epoch is shorter)."""
+    return [b for _, b in zip(range(count), recipe.train_loader.epoch(0), strict=False)]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def recipe_step(recipe: TrainRecipe, batch: Batch) -> None:
+    """Exactly the training loop's work for one optimizer step (no gradient accumulation)."""
+    recipe.train_step([batch])
+
+
+def hand_step(recipe: TrainRecipe, batch: Batch, model: torch.nn.Module | None = None) -> None:
+    """A minimal hand-written step over the recipe's model, optimizer and schedule.
+
+    Args:
+        model: what the forward pass calls (default: the recipe's, compiled or wrapped as configured).
+    """
+    model = recipe.forward_model if model is None else model
+    opt = recipe.optimizer
+    with recipe.autocast:
+        preds, _ = model(batch.inputs, batch.present)
+        loss = 0.0
+        for t, task in recipe.tasks.items():
+            p, y, m = preds[t].float(), batch.targets[t], batch.labeled[t]
+            kind = task.spec.kind
+            if kind == "multiclass":
+                per = F.cross_entropy(p, torch.where(m, y, 0), reduction="none")
+            elif kind == "binary":
+                per = F.binary_cross_entropy_with_logits(p.squeeze(-1), y.float(), reduction="none")
+            elif kind == "multilabel":
+                per = F.binary_cross_entropy_with_logits(p, y.float(), reduction="none").mean(-1)
+            else:
+                per = F.mse_loss(p, y.float().view(p.shape), reduction="none").flatten(1).mean(1)
+            loss = loss + torch.where(m, per, 0.0).sum() / m.sum().clamp_min(1)
+    opt.zero_grad(set_to_none=True)
+    recipe.scaler.scale(loss).backward()
+    clip = recipe.trainer.gradient_clip_norm
+    if clip is not None:
+        recipe.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(recipe.model.parameters(), clip)
+    recipe.scaler.step(opt)
+    recipe.scaler.update()
+    recipe.scheduler.step()
+
+
+def time_steps(fn: Callable[[TrainRecipe, Batch], None], recipe: TrainRecipe, batches: list[Batch],
+               steps: int) -> float:
+    """Samples/s of ``steps`` calls of ``fn``, cycling over ``batches``."""
+    sync(recipe.device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        fn(recipe, batches[i % len(batches)])
+    sync(recipe.device)
+    return steps * batches[0].size / (time.perf_counter() - t0)
+
+
+def step_flops(recipe: TrainRecipe, batch: Batch) -> float:
+    """FLOPs of one training step (forward + backward), counted by torch.utils.flop_counter on the
+    eager model (a compiled one hides its kernels from the counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        hand_step(recipe, batch, model=recipe.model)
+    return float(counter.get_total_flops())
+
+
+def bf16_peak_tflops() -> float:
+    """Measured dense bf16 matmul throughput of this GPU (the MFU denominator)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def run_jobs(jobs: Iterable[tuple[dict, Callable[[], dict]]]) -> list[dict]:
+    """Run each ``(label, job)``; a failing job becomes its label with ``error``, so the others still run.
+
+    Prints each row as JSON as it comes (without the per-round lists), so a run cut short keeps
+    the rows it finished.
+    """
+    rows = []
+    for label, job in jobs:
+        try:
+            row = job()
+        except Exception as e:  # record and go on: one failing mode must not hide the others
+            row = {**label, "error": repr(e)[:500]}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+    return rows
+
+
+def write_json(path: Path | None, payload: Any) -> None:
+    """Save ``payload`` as JSON at ``path`` (nothing when None)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1))
+
+
+# ---------------------------------------------------------------------- recipe vs hand-written loop
+def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int, warmup: int, out: Path,
+            peak: float | None, round_seconds: float = 0.0) -> dict:
+    """Samples/s of :func:`recipe_step` and :func:`hand_step` on config ``name`` in ``mode`` (:data:`MODES`).
+
+    Args:
+        overrides: the config's overrides (:func:`preset` and any extra).
+        rounds: alternating rounds; the order of the two sides swaps each round.
+        steps: steps per round and side (at least; see ``round_seconds``).
+        warmup: untimed steps of each side first (and compilation).
+        out: the scratch folder of the runs.
+        peak: the device's peak TFLOP/s for the MFU column (None: no MFU).
+        round_seconds: lengthen rounds to at least this many seconds (fast configs need many steps
+            to rise above noise).
+
+    Returns:
+        One row: medians, their ratio, FLOPs per step and the per-round figures (``*_all``).
+    """
+    recipe = make_recipe(overrides + MODES[mode], out / f"{name}-{mode}")
+    batches = first_batches(recipe)
+    flops = step_flops(recipe, batches[0])
+    for fn in (recipe_step, hand_step):  # warm-up (and compilation) of both paths
+        time_steps(fn, recipe, batches, warmup)
+    rate = time_steps(hand_step, recipe, batches, warmup)
+    steps = max(steps, int(round_seconds * rate / batches[0].size))
+    ours, hand = [], []
+    for r in range(rounds):  # alternate, and swap the order each round
+        pair = (recipe_step, hand_step) if r % 2 == 0 else (hand_step, recipe_step)
+        for fn in pair:
+            (ours if fn is recipe_step else hand).append(time_steps(fn, recipe, batches, steps))
+    med_ours, med_hand = statistics.median(ours), statistics.median(hand)
+    row = {"config": name, "mode": mode, "device": str(recipe.device), "batch_size": batches[0].size,
+           "recipe_samples_s": med_ours, "hand_samples_s": med_hand, "ratio": med_ours / med_hand,
+           "gflop_per_step": flops / 1e9, "recipe_tflops": flops / (batches[0].size / med_ours) / 1e12,
+           "rounds": rounds, "steps_per_round": steps, "recipe_all": ours, "hand_all": hand}
+    if peak:
+        row["mfu"] = row["recipe_tflops"] / peak
+    if recipe.device.type == "cuda":
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def print_recipe_table(rows: list[dict]) -> None:
+    """One line per (config, mode) of :func:`compare`'s rows."""
+    head = (f"{'config':<16} {'mode':<15} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} "
+            f"{'TFLOP/s':>8} {'MFU':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
+            continue
+        mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "   n/a"
+        print(f"{r['config']:<16} {r['mode']:<15} {r['batch_size']:>5} {r['recipe_samples_s']:>10,.0f} "
+              f"{r['hand_samples_s']:>10,.0f} {r['ratio']:>6.3f} {r['recipe_tflops']:>8.3f} {mfu}")
+
+
+# ---------------------------------------------------------------------- each technique off and on
+def synced_step(recipe: TrainRecipe, batch: Batch) -> None:
+    """The recipe's step plus the per-step host read the loop avoids."""
+    recipe_step(recipe, batch)
+    recipe.log.sums.sum().item()
+
+
+def cudnn_benchmark_step(on: bool) -> Callable[[TrainRecipe, Batch], None]:
+    """The recipe's step with ``torch.backends.cudnn.benchmark`` set first (process-wide, like the recipe does)."""
+    def step(recipe: TrainRecipe, batch: Batch) -> None:
+        torch.backends.cudnn.benchmark = on
+        recipe_step(recipe, batch)
+    return step
+
+
+# technique -> (overrides off, overrides on, step off, step on)
+TECHNIQUES: dict[str, tuple[list[str], list[str], Callable, Callable]] = {
+    "host_sync": ([], [], synced_step, recipe_step),
+    "fused_adamw": (["+optimizer.fused=false"], ["+optimizer.fused=true"], recipe_step, recipe_step),
+    "channels_last": (["model.encoders.image.channels_last=false"], ["model.encoders.image.channels_last=true"],
+                      recipe_step, recipe_step),
+    "compile": (["trainer.compile=false"], ["trainer.compile=true"], recipe_step, recipe_step),
+    "cudnn_benchmark": (["trainer.cudnn_benchmark=false"], ["trainer.cudnn_benchmark=true"],
+                        cudnn_benchmark_step(False), cudnn_benchmark_step(True)),
+}
+
+
+def ablate(technique: str, config: str, mode: str, rounds: int, steps: int, warmup: int, out: Path,
+           round_seconds: float = 0.0, extra: list[str] | None = None) -> dict:
+    """Samples/s of the recipe with ``technique`` (:data:`TECHNIQUES`) off and on (medians of alternating rounds).
+
+    Args:
+        extra: overrides for both sides (``--override``).
+    """
+    off_overrides, on_overrides, off_step, on_step = TECHNIQUES[technique]
+    # The mode's settings; its trainer.compile only when compile is not the technique under test.
+    mode_overrides = [o for o in MODES[mode] if technique != "compile" or not o.startswith("trainer.compile")]
+    base = preset(config) + list(extra or []) + mode_overrides
+    sides = {"off": (make_recipe(base + off_overrides, out / f"{config}-{mode}-{technique}-off"), off_step),
+             "on": (make_recipe(base + on_overrides, out / f"{config}-{mode}-{technique}-on"), on_step)}
+    batches = {k: first_batches(r) for k, (r, _) in sides.items()}
+    for k, (recipe, step) in sides.items():  # warm-up (and compilation)
+        time_steps(step, recipe, batches[k], warmup)
+    recipe, step = sides["off"]
+    rate = time_steps(step, recipe, batches["off"], warmup)
+    steps = max(steps, int(round_seconds * rate / batches["off"][0].size))
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(rounds):
+        for k in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            recipe, step = sides[k]
+            rates[k].append(time_steps(step, recipe, batches[k], steps))
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    return {"technique": technique, "config": config, "mode": mode, "device": str(sides["on"][0].device),
+            "off_samples_s": off, "on_samples_s": on, "speedup": on / off, "rounds": rounds, "steps_per_round": steps,
+            "off_all": rates["off"], "on_all": rates["on"]}
+
+
+def print_ablation_table(rows: list[dict]) -> None:
+    """One line per (technique, config, mode) of :func:`ablate`'s rows."""
+    head = f"{'technique':<16} {'config':<16} {'mode':<15} {'off/s':>10} {'on/s':>10} {'speed-up':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['technique']:<16} {r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
+            continue
+        print(f"{r['technique']:<16} {r['config']:<16} {r['mode']:<15} {r['off_samples_s']:>10,.0f} "
+              f"{r['on_samples_s']:>10,.0f} {r['speedup']:>8.3f}")
+
+
+# ---------------------------------------------------------------------- fusion cost
+MODALITIES = ("image", "audio", "text", "tabular")
+FUSION_COLUMNS = ("fusion", "modalities", "fused_dim", "parameters", "fusion_parameters", "step_ms", "peak_mem_mb",
+                  "activations_mb")
+
+
+def config_names(group: str) -> list[str]:
+    """The options of a config group (``configs/<group>/*.yaml``), sorted."""
+    folder = importlib.resources.files("mtmm_train.configs").joinpath(group)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def saved_activation_bytes(recipe: TrainRecipe, batch: Batch) -> int:
+    """Bytes of the tensors one forward pass saves for backward (what training keeps alive)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        # Parameters are saved too but are not activations; storages shared by views count once.
+        if not isinstance(t, torch.nn.Parameter):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), recipe.autocast:
+        preds, _ = recipe.model(batch.inputs, batch.present)
+    del preds
+    return sum(seen.values())
+
+
+def fusion_bench(fusion: str, num_modalities: int, device: torch.device, steps: int, batch_size: int,
+                 precision: str, out: Path) -> tuple[dict[str, Any], TrainRecipe | None]:
+    """The row's static columns and the recipe to time (``None`` if the fusion refuses the configuration)."""
+    row: dict[str, Any] = {"fusion": fusion, "modalities": num_modalities}
+    mods = ",".join(MODALITIES[:num_modalities])
+    cfg = compose_cfg([f"fusion={fusion}", f"modalities=[{mods}]", f"trainer.device={device}",
+                       f"trainer.precision={precision}", f"trainer.batch_size={batch_size}",
+                       f"dataset.num_train={batch_size * steps}", "dataset.num_val=16", "dataset.num_test=16",
+                       "logger=none", "seed=0"])
+    recipe = TrainRecipe(cfg, out)
+    try:
+        recipe.setup()
+    except UserError as e:  # e.g. a tensor fusion larger than its limit
+        return {**row, "error": str(e)}, None
+    model = recipe.model
+    row["fused_dim"] = model.fusion.out_dim
+    row["parameters"] = sum(p.numel() for p in model.parameters())
+    row["fusion_parameters"] = sum(p.numel() for p in model.fusion.parameters())
+    row["activations_mb"] = saved_activation_bytes(recipe, next(iter(recipe.train_loader.epoch(0)))) / 2**20
+    return row, recipe
+
+
+def timed_step(recipe: TrainRecipe, batch: Batch) -> tuple[float, float | None]:
+    """Seconds of one training step (the loop's own), and the peak CUDA memory in MiB during it."""
+    cuda = recipe.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(recipe.device)
+        torch.cuda.reset_peak_memory_stats(recipe.device)
+    start = time.perf_counter()
+    recipe_step(recipe, batch)
+    if cuda:
+        torch.cuda.synchronize(recipe.device)
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated(recipe.device) / 2**20 if cuda else None
+
+
+def fusion_table(device: str | torch.device, modality_counts: tuple[int, ...] = (2, 3, 4),
+                 fusions: tuple[str, ...] | None = None, steps: int = 20, warmup: int = 3, batch_size: int = 128,
+                 precision: str = "32") -> list[dict[str, Any]]:
+    """Parameters, step time and memory of each fusion at each number of modalities.
+
+    Each model is the default experiment (synthetic data, all four tasks) with ``fusion=<name>``
+    and its first M modalities (image, audio, text, tabular). Memory: the peak CUDA allocation
+    during the steps (None on CPU, where torch keeps no such count), and, on any device, the
+    activations saved for backward by one forward pass. Every configuration is built first; then
+    the steps go round the configurations one at a time, so that a machine whose speed drifts
+    slows all of them alike.
+
+    Args:
+        device: where to run (``cpu``, ``cuda``, ``cuda:N``).
+        modality_counts: numbers of modalities M (the first M of image, audio, text, tabular).
+        fusions: fusion config names (default: every ``configs/fusion/*.yaml``).
+        steps: timed training steps per configuration (the median is reported).
+        warmup: untimed steps before them.
+        batch_size: samples per step.
+        precision: ``32``, ``bf16`` or ``fp16`` (``trainer.precision``).
+
+    Returns:
+        One dict per (fusion, M) with the keys of ``FUSION_COLUMNS`` (``error`` instead, for a
+        configuration the fusion refuses).
+    """
+    device = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        benches = [fusion_bench(f, m, device, steps, batch_size, precision, Path(tmp))
+                   for f in fusions or config_names("fusion") for m in modality_counts]
+        loaders = [list(recipe.train_loader.epoch(0)) if recipe else [] for _, recipe in benches]
+        times: list[list[float]] = [[] for _ in benches]
+        peaks: list[list[float]] = [[] for _ in benches]
+        for i in range(warmup + steps):
+            for j, (_, recipe) in enumerate(benches):
+                if recipe is None:
+                    continue
+                seconds, peak = timed_step(recipe, loaders[j][i % len(loaders[j])])
+                if i >= warmup:
+                    times[j].append(seconds)
+                    peaks[j].append(peak or 0.0)
+    rows = []
+    for (row, recipe), t, pk in zip(benches, times, peaks, strict=True):
+        if recipe is not None:
+            row["step_ms"] = 1000 * statistics.median(t)
+            row["peak_mem_mb"] = max(pk) if device.type == "cuda" else None
+        rows.append({c: row.get(c) for c in FUSION_COLUMNS} if "error" not in row else row)
+    return rows
+
+
+def format_fusion_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`fusion_table`'s rows."""
+    lines = ["| " + " | ".join(FUSION_COLUMNS) + " |", "|---" * len(FUSION_COLUMNS) + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['fusion']} | {r['modalities']} | refused: {r['error'][:80]} |")
+            continue
+        cells = [f"{r[c]:,}" if isinstance(r[c], int) else "-" if r[c] is None else f"{r[c]:.2f}"
+                 if isinstance(r[c], float) else str(r[c]) for c in FUSION_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- balancer cost
+JACOBIAN_SPACES = ("representation", "parameters")
+
+
+def every_balancer() -> list[str]:
+    """Every balancer of ``mtmm_train.balancers`` (found, not listed): static first, then loss weighting,
+    then gradient aggregation, each by name."""
+    found = all_balancers()
+    return sorted(found, key=lambda name: (name != "static", found[name].family != "weighting", name))
+
+
+def balancer_configs(balancers: list[str]) -> list[tuple[str, str | None]]:
+    """(balancer, mode) pairs: aggregation runs in both spaces, anything else (loss weighting) has no mode."""
+    found = all_balancers()
+    return [(b, m) for b in balancers
+            for m in (JACOBIAN_SPACES if b in found and found[b].family == "aggregation" else (None,))]
+
+
+def copy_tasks(data: MultiModalData, num_tasks: int) -> tuple[MultiModalData, dict[str, str]]:
+    """``data`` with ``num_tasks`` tasks, copies of its own in turn (``category0``, ``match1``, ...).
+
+    Returns:
+        The data, and new task name -> the task it copies.
+    """
+    base = list(data.tasks)
+    names = {f"{base[i % len(base)]}{i}": base[i % len(base)] for i in range(num_tasks)}
+
+    def split(s: TensorSplit) -> TensorSplit:
+        return TensorSplit(s.inputs, s.present, {n: s.targets[b] for n, b in names.items()},
+                           {n: s.labeled[b] for n, b in names.items()})
+
+    tasks = {n: dataclasses.replace(data.tasks[b], name=n) for n, b in names.items()}
+    return MultiModalData(data.modalities, tasks, {k: split(s) for k, s in data.splits.items()}), names
+
+
+@dataclasses.dataclass
+class BalancerBench:
+    """A model with ``T`` tasks, a few batches on the device, and the precision settings."""
+
+    overrides: list[str]
+    model: MultiModalModel
+    tasks: dict
+    batches: list[Batch]
+    autocast: torch.autocast
+    scaler: torch.amp.GradScaler
+    device: torch.device
+
+
+def make_balancer_bench(device: torch.device, num_tasks: int, overrides: list[str], batch_size: int,
+                        precision: str) -> BalancerBench:
+    """The model of ``overrides`` with ``num_tasks`` heads (the dataset's tasks, cycled), built by
+    :mod:`mtmm_train.builders` as a run builds it."""
+    overrides = [o for o in overrides if o] + [f"dataset.num_train={4 * batch_size}", "dataset.num_val=8", "seed=0"]
+    cfg = compose_cfg(overrides)
+    builders.seed_everything(cfg.seed)
+    data, names = copy_tasks(builders.build_data(cfg), num_tasks)
+    with open_dict(cfg):  # each copy's head is its task's
+        cfg.model.heads = {n: cfg.model.heads[b] for n, b in names.items()}
+    tasks = builders.build_tasks(data)
+    model = builders.build_model(cfg, data, tasks).to(device)
+    batches = list(InMemoryLoader(data.splits["train"].to(device), batch_size, drop_last=True).epoch(0))
+    return BalancerBench(overrides, model, tasks, batches, builders.autocast_for(precision, device),
+                         torch.amp.GradScaler(device.type, enabled=precision == "fp16"), device)
+
+
+class BalancerRunner:
+    """One balancer on the bench, with its own optimizer; ``run(n)`` times ``n`` steps."""
+
+    def __init__(self, bench: BalancerBench, name: str, mode: str | None) -> None:
+        cfg = compose_cfg(bench.overrides + [f"balancer={name}"] + ([f"balancer.mode={mode}"] if mode else []))
+        self.bench = bench
+        self.balancer = builders.build_balancer(cfg, list(bench.tasks)).to(bench.device)
+        params = list(bench.model.parameters()) + list(self.balancer.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4)
+        self.shared = bench.model.shared_parameters()
+        self.step = 0
+
+    def run(self, steps: int) -> list[float]:
+        """Seconds of each of ``steps`` steps (synchronised per step: a median then ignores spikes)."""
+        b, out = self.bench, []
+        for _ in range(steps):
+            batch = b.batches[self.step % len(b.batches)]
+            sync(b.device)
+            t0 = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            training_step(b.model, b.tasks, self.balancer, batch, b.autocast, b.scaler, self.shared, self.step)
+            b.scaler.step(self.optimizer)
+            b.scaler.update()
+            sync(b.device)
+            out.append(time.perf_counter() - t0)
+            self.step += 1
+        return out
+
+
+def balancer_table(device: torch.device | str, task_counts: tuple[int, ...] = (2, 4, 8),
+                   overrides: tuple[str, ...] = ("experiment=reference_small",), batch_size: int | None = None,
+                   precision: str = "32", balancers: list[str] | None = None, steps: int = 3, rounds: int = 3,
+                   warmup: int = 3) -> list[dict]:
+    """Time every balancer against static weights.
+
+    The model is built from the project's configs with ``T`` heads, copies of the dataset's tasks
+    in turn. A step is exactly the training loop's: ``training_step`` (forward, losses, balancer
+    backward) then the optimizer step. Configurations alternate within each round.
+
+    Args:
+        device: where to run.
+        task_counts: numbers of tasks to try.
+        overrides: config overrides that pick the model (and dataset).
+        batch_size: default 256 on CUDA, 16 on the CPU.
+        precision: ``32``, ``bf16`` or ``fp16`` (autocast, and a GradScaler for fp16).
+        balancers: names of ``configs/balancer`` files (default: all); static is always timed.
+        steps: timed steps per configuration and round.
+        rounds: rounds; configurations alternate within a round.
+        warmup: untimed steps per configuration first.
+
+    Returns:
+        One row per (tasks, balancer, mode): ``step_ms`` (median over steps), ``ratio`` to static
+        at the same number of tasks, or ``error`` when the configuration failed.
+    """
+    device = torch.device(device)
+    batch_size = batch_size or (256 if device.type == "cuda" else 16)
+    names = ["static"] + [b for b in (balancers or every_balancer()) if b != "static"]
+    rows = []
+    for num_tasks in task_counts:
+        bench = make_balancer_bench(device, num_tasks, list(overrides), batch_size, precision)
+        runners, times, errors = {}, {}, {}
+        for key in balancer_configs(names):
+            try:
+                runners[key] = BalancerRunner(bench, *key)
+                runners[key].run(warmup)
+                times[key] = []
+            except Exception as e:  # record and go on: one failing method must not hide the others
+                errors[key] = f"{type(e).__name__}: {e}"[:300]
+        for _ in range(rounds):
+            for key in times:
+                try:
+                    times[key] += runners[key].run(steps)
+                except Exception as e:
+                    errors[key] = f"{type(e).__name__}: {e}"[:300]
+        static = statistics.median(times[("static", None)])
+        for name, mode in balancer_configs(names):
+            row = {"tasks": num_tasks, "balancer": name, "mode": mode or "-", "device": str(device),
+                   "batch_size": batch_size, "precision": precision}
+            if (name, mode) in errors:
+                row["error"] = errors[(name, mode)]
+            else:
+                ms = statistics.median(times[(name, mode)])
+                row.update(step_ms=1e3 * ms, ratio=ms / static)
+            rows.append(row)
+        del bench, runners
+    return rows
+
+
+def print_balancer_table(rows: list[dict]) -> None:
+    """Ratios to static: one line per (balancer, mode), one column per number of tasks."""
+    counts = sorted({r["tasks"] for r in rows})
+    head = f"{'balancer':<14} {'mode':<15}" + "".join(f"{f'T={t}':>9}" for t in counts) + "   static ms"
+    print(head)
+    print("-" * len(head))
+    keys = list(dict.fromkeys((r["balancer"], r["mode"]) for r in rows))
+    for b, m in keys:
+        cells = []
+        for t in counts:
+            r = next(r for r in rows if (r["balancer"], r["mode"], r["tasks"]) == (b, m, t))
+            cells.append(f"{'error':>9}" if "error" in r else f"{r['ratio']:>8.2f}x")
+        static = [f"{r['step_ms']:.0f}" for r in rows if r["balancer"] == "static" and (b, m) == ("static", "-")]
+        print(f"{b:<14} {m:<15}" + "".join(cells) + ("   " + "/".join(static) if static else ""))
+    for r in rows:
+        if "error" in r:
+            print(f"error: T={r['tasks']} {r['balancer']} {r['mode']}: {r['error']}")
