@@ -11,7 +11,6 @@ and ``robustness.png`` (metric against corruption level, per task and corruption
 
 from __future__ import annotations
 
-import importlib.resources
 import itertools
 import logging
 import math
@@ -31,7 +30,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mtmm_train import builders, evaluation, fileio, runlock
 from mtmm_train import checkpoint as ckpt
-from mtmm_train.config import TrainerConfig, check_seed, override_error_line, remove_created_run_folder, typed
+from mtmm_train.config import (
+    TrainerConfig,
+    check_seed,
+    fill_settings,
+    override_error_line,
+    remove_created_run_folder,
+    typed,
+)
 from mtmm_train.data import MultiModalData, TensorSplit
 from mtmm_train.errors import UserError, check
 from mtmm_train.tasks import Task
@@ -139,11 +145,9 @@ def load_run(path: str | Path, device: str = "auto", batch_size: int | None = No
     # weights_only=True, and the stored config checked before anything is built from it: only
     # mtmm-train's own components (mtmm_train.registry), unless allow_foreign_targets=true.
     state = ckpt.load(path, allow_foreign_targets)
-    cfg = OmegaConf.create(state["config"])
     # Trainer settings added since the checkpoint was written take today's defaults.
-    defaults = importlib.resources.files("mtmm_train.configs") / "trainer" / "default.yaml"
-    cfg.trainer = OmegaConf.merge(OmegaConf.create(defaults.read_text()), cfg.get("trainer") or {})
-    trainer: TrainerConfig = typed(cfg, "trainer", TrainerConfig)
+    cfg = fill_settings(OmegaConf.create(state["config"]))
+    trainer: TrainerConfig = typed(cfg, "trainer")
     builders.seed_everything(check_seed(cfg.get("seed")))  # as in training: the data is drawn the same
     dev = builders.pick_device(device)
     data = builders.build_data(cfg)

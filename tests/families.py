@@ -15,6 +15,7 @@ import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mtmm_train.balancers import FAMILIES as BALANCER_FAMILIES
@@ -61,6 +62,14 @@ def configs(group: str) -> dict[str, DictConfig]:
 def config_names(group: str) -> list[str]:
     """The names of the configs of ``group``, sorted."""
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def default_option(group: str) -> str | None:
+    """The option of ``group`` that ``configs/train.yaml``'s defaults list picks (None: none by default)."""
+    for entry in yaml.safe_load((CONFIGS / "train.yaml").read_text())["defaults"]:
+        if isinstance(entry, dict) and group in entry:
+            return entry[group]
+    raise KeyError(f"configs/train.yaml's defaults list has no group {group}")
 
 
 def classes(family: Family) -> dict[str, type]:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import compose_cfg
+from families import config_names, default_option
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -174,10 +175,13 @@ NO_READS = [
     ["fusion=product"], ["fusion=max"], ["fusion=sum"], ["fusion=mean"],
     ["loader=dataloader"],
 ]
-# A loss-weighting balancer not combined above runs on its own (a new one needs no entry).
-_COMBINED = {"static"} | {o.split("=", 1)[1] for case in NO_READS for o in case if o.startswith("balancer=")}
-NO_READS += [[f"balancer={name}"] for name, cls in all_balancers().items()
-             if cls.family == "weighting" and name not in _COMBINED]
+# A fusion, MTL architecture or loss-weighting balancer not combined above runs on its own (a new
+# one needs no entry): the members come from their configs (tests/families.py).
+for _group, _names in (("fusion", config_names("fusion")), ("mtl", config_names("mtl")),
+                       ("balancer", [n for n, c in all_balancers().items() if c.family == "weighting"])):
+    _combined = {default_option(_group)} | {o.split("=", 1)[1] for case in NO_READS for o in case
+                                       if o.startswith(f"{_group}=")}
+    NO_READS += [[f"{_group}={name}"] for name in _names if name not in _combined]
 AGGREGATORS = [name for name, cls in all_balancers().items() if cls.family == "aggregation"]
 
 
