@@ -48,7 +48,9 @@ def gramian_weighting(name: str, **params: object) -> Callable[[Tensor], Tensor]
 
     Args:
         name: ``upgrad`` (params ``norm_eps``, ``reg_eps``), ``mgda`` (``epsilon``,
-            ``max_iters``), ``pcgrad`` or ``aligned_mtl`` (``scale_mode``).
+            ``max_iters``), ``pcgrad``, ``imtl_g`` or ``aligned_mtl`` (``scale_mode``). Only
+            Aligned-MTL's balancer uses torchjd's weighting as it is (and MGDA's, as a fallback);
+            the others are here for comparison (tests, ``scripts/bench_aggregators.py``).
         params: the method's parameters, as named above.
 
     Returns:
@@ -69,6 +71,8 @@ def gramian_weighting(name: str, **params: object) -> Callable[[Tensor], Tensor]
             return agg.MGDAWeighting(epsilon=params["epsilon"], max_iters=params["max_iters"])
         if name == "pcgrad":
             return agg.PCGradWeighting()
+        if name == "imtl_g":
+            return agg.IMTLGWeighting()
         if name == "aligned_mtl":
             return agg.AlignedMTLWeighting(scale_mode=params["scale_mode"])
     except ImportError as e:
