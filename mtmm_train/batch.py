@@ -20,12 +20,16 @@ class ModalitySpec:
             ``(L,)`` for token ids, ``(F,)`` for vectors.
         kind: ``"image"``, ``"sequence"``, ``"tokens"`` or ``"vector"``.
         vocab_size: number of token ids (``kind == "tokens"`` only).
+        info: what the reader did that an encoder may need to check, as plain data, e.g.
+            ``{"tokenizer": "models/bert", "special_tokens": True}`` or ``{"sample_rate": 16000}``
+            (see :mod:`mtmm_train.preprocessing`). Not part of equality.
     """
 
     name: str
     shape: tuple[int, ...]
     kind: str
     vocab_size: int | None = None
+    info: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from mtmm_train.data import MultiModalData
 from mtmm_train.errors import UserError
 from mtmm_train.instantiate import build
 from mtmm_train.model import MultiModalModel
+from mtmm_train.preprocessing import apply_preprocessing
 from mtmm_train.tasks import TASK_TYPES, Task
 
 AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,6 +76,7 @@ def build_data(cfg: DictConfig) -> MultiModalData:
         UserError: a modality without an encoder, a head for a task the data lacks, an empty
             ``train`` or ``val`` split, ...
     """
+    apply_preprocessing(cfg)  # readers take the settings their encoders ask for (size, tokenizer, sample rate)
     data: MultiModalData = build(cfg.dataset, "dataset")
     modalities = check_names("modality", "model.encoders", list(cfg.model.encoders), list(data.modalities),
                              names_setting(cfg, "modalities"), "modalities")

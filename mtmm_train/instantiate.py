@@ -75,6 +75,23 @@ def build(node: DictConfig, key: str, **runtime: Any) -> Any:
     return built
 
 
+def resolve_target(node: DictConfig, key: str) -> Any:
+    """The class or function a node's ``_target_`` names, without building it (e.g. to ask an encoder class
+    for its preprocessing before the data exists).
+
+    Raises:
+        UserError: the node has no ``_target_``, or it names nothing importable.
+    """
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        found = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+        raise UserError(f"{key} must be a config with a _target_, found {found!r}")
+    try:
+        return _locate(node._target_)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"{key}._target_ '{node._target_}' cannot be imported ({_one_line(e)}); check the name, "
+                        "or choose a config of its group") from None
+
+
 def _call(factory: Any, key: str, target: str, *args: Any, **kwargs: Any) -> Any:
     # A partial (optimizer, scheduler) is called later by the recipe: its bad settings
     # (optimizer.lr=-1, betas=[0.9]) must fail there as one line too.

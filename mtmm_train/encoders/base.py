@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.errors import KEY, ComponentError, SettingError
+from mtmm_train.preprocessing import Preprocessing
 
 
 class Encoder(nn.Module):
@@ -27,6 +29,40 @@ class Encoder(nn.Module):
     """
 
     out_dim: int
+    #: The pretrained network inside, if any: the module that ``adapter: lora`` wraps and that
+    #: ``freeze`` / ``layer_decay`` / ``gradient_checkpointing`` act on (None: a from-scratch encoder,
+    #: whose whole self is the "backbone" for freezing).
+    backbone: nn.Module | None = None
+
+    @classmethod
+    def preprocessing(cls, settings: dict[str, Any]) -> Preprocessing:
+        """The reader settings this encoder needs, from its own config ``settings`` (before any data
+        exists; see :mod:`mtmm_train.preprocessing`). Default: none.
+
+        Raises:
+            SettingError: the settings cannot give a preprocessing (e.g. a model not available offline).
+        """
+        return Preprocessing()
+
+    def block_index(self, name: str) -> int | None:
+        """The depth (0 = nearest the input) of the block that the parameter ``name`` (relative to this
+        encoder) belongs to, for layer-wise learning-rate decay; None: the head end (no decay).
+        Default: None for every parameter."""
+        return None
+
+    @property
+    def num_blocks(self) -> int:
+        """How many blocks :meth:`block_index` counts (0: no layer-wise decay possible)."""
+        return 0
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations in the backward pass to save memory.
+
+        Raises:
+            SettingError: the encoder cannot (the default).
+        """
+        raise SettingError("gradient_checkpointing", f"is not available for {type(self).__name__}; use a backbone "
+                           "encoder (timm, hf) or set it to false")
 
     def __init__(self, modality: ModalitySpec, kinds: tuple[str, ...]) -> None:
         super().__init__()
@@ -69,6 +105,19 @@ def check_sizes(**sizes: Any) -> None:
         fix = f"give positive integers, e.g. {KEY}.{name}=[64]" if many else f"give a positive integer, e.g. " \
             f"{KEY}.{name}=64"
         raise SettingError(name, f"must be {'sizes' if many else 'a size'} >= 1, found {value!r}; {fix}")
+
+
+def as_unit_float(x: Tensor) -> Tensor:
+    """Pixels or samples as floats: ``uint8`` -> ``[0, 1]``, ``int16`` -> ``[-1, 1)``, floats unchanged.
+
+    Readers may deliver images as ``uint8`` and audio as ``int16`` (compact caches, fast loaders);
+    every encoder of images, audio and video calls this first.
+    """
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if x.dtype == torch.int16:
+        return x.float().div_(32768.0)
+    return x
 
 
 SUGGESTED = {"image": "cnn", "sequence": "conv1d", "tokens": "embedding_bag", "vector": "mlp"}
