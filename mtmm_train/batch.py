@@ -17,8 +17,8 @@ class ModalitySpec:
     Args:
         name: modality name (a key of ``Batch.inputs``).
         shape: per-sample shape, e.g. ``(C, H, W)`` for images, ``(C, L)`` for sequences,
-            ``(L,)`` for token ids, ``(F,)`` for vectors.
-        kind: ``"image"``, ``"sequence"``, ``"tokens"`` or ``"vector"``.
+            ``(L,)`` for token ids, ``(F,)`` for vectors, ``(T, C, H, W)`` for video clips (frames).
+        kind: ``"image"``, ``"sequence"``, ``"tokens"``, ``"vector"`` or ``"video"``.
         vocab_size: number of token ids (``kind == "tokens"`` only).
         info: what the reader did that an encoder may need to check, as plain data, e.g.
             ``{"tokenizer": "models/bert", "special_tokens": True}`` or ``{"sample_rate": 16000}``

@@ -633,3 +633,110 @@ def print_balancer_table(rows: list[dict]) -> None:
     for r in rows:
         if "error" in r:
             print(f"error: T={r['tasks']} {r['balancer']} {r['mode']}: {r['error']}")
+
+
+# ---------------------------------------------------------------------- the frozen-feature cache
+#: Configs of ``--suite feature_cache``: a frozen small backbone per modality on synthetic data
+#: (random weights: the timing does not depend on them). ``{text}`` is the text encoder's overrides.
+FEATURE_CACHE_CONFIGS: dict[str, list[str]] = {
+    "resnet18+text": ["encoder@model.encoders.image=timm", "model.encoders.image.model_name=resnet18",
+                      "model.encoders.image.pretrained=false"],
+    "vit_tiny+text": ["encoder@model.encoders.image=timm", "model.encoders.image.model_name=vit_tiny_patch16_224",
+                      "model.encoders.image.pretrained=false"],
+}
+FEATURE_CACHE_DATA = ["modalities=[image,text,tabular]", "tasks=[category,tags]", "dataset.image_size=224",
+                      "dataset.text_length=32", "dataset.num_train=64", "dataset.num_val=16", "dataset.num_test=16",
+                      "trainer.batch_size=32", "trainer.eval_batch_size=32", "trainer.max_epochs=1"]
+
+
+class frozen_encoders:
+    """While active, every model built by :func:`mtmm_train.builders.build_model` has the named encoders frozen
+    (``requires_grad=False``, eval mode): what ``model.encoders.<m>.freeze`` does, for configs without it."""
+
+    def __init__(self, modalities: list[str]) -> None:
+        self.modalities = modalities
+        self.original = builders.build_model
+
+    def __enter__(self) -> frozen_encoders:
+        def build_model(*args: Any, **kwargs: Any) -> MultiModalModel:
+            model = self.original(*args, **kwargs)
+            for m in self.modalities:
+                model.encoders[m].requires_grad_(False).eval()
+            return model
+
+        builders.build_model = build_model
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        builders.build_model = self.original
+
+
+def epoch_seconds(recipe: TrainRecipe, epoch: int) -> float:
+    """Wall time of one training epoch of ``recipe`` (every batch through ``TrainRecipe.train_step``)."""
+    sync(recipe.device)
+    t0 = time.perf_counter()
+    for batch in recipe.train_loader.epoch(epoch):
+        recipe_step(recipe, batch)
+    sync(recipe.device)
+    return time.perf_counter() - t0
+
+
+def feature_cache_bench(name: str, overrides: list[str], frozen: list[str], rounds: int, out: Path) -> dict:
+    """Epoch time of a run whose ``frozen`` encoders are served from the feature cache against the same run
+    recomputing them (``model.feature_cache=off``), in alternating rounds; plus the one-off cost of the cache.
+
+    Returns:
+        A row: ``epoch_s_recompute``, ``epoch_s_cache`` (medians), ``speedup``, ``build_s`` (a cold
+        setup that computes and writes the cache), ``hit_setup_s`` (a warm one that reads it) and ``cache_mb``.
+    """
+    cache = Path(tempfile.mkdtemp(prefix="features-", dir=out if out.is_dir() else None))
+    base = QUIET + FEATURE_CACHE_DATA + overrides + [f"model.feature_cache_dir={cache}"]
+    with frozen_encoders(frozen):
+        t0 = time.perf_counter()
+        make_recipe(base, out / f"{name}-build")
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cached = make_recipe(base, out / f"{name}-cache")
+        hit_s = time.perf_counter() - t0
+        plain = make_recipe(base + ["model.feature_cache=off"], out / f"{name}-plain")
+    if cached.model.precomputed != set(frozen):
+        raise UserError(f"{name}: the cache served {sorted(cached.model.precomputed)}, expected {frozen}")
+    epoch_seconds(cached, 0), epoch_seconds(plain, 0)  # warm-up
+    times: dict[str, list[float]] = {"cache": [], "recompute": []}
+    for r in range(rounds):
+        times["cache"].append(epoch_seconds(cached, r + 1))
+        times["recompute"].append(epoch_seconds(plain, r + 1))
+    size = sum(p.stat().st_size for p in cache.rglob("*.npy"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"config": name, "frozen": "+".join(frozen), "samples": len(cached.splits["train"]),
+            "epoch_s_recompute": med["recompute"], "epoch_s_cache": med["cache"],
+            "speedup": med["recompute"] / med["cache"], "build_s": build_s, "hit_setup_s": hit_s,
+            "cache_mb": size / 1e6, "epoch_s_recompute_all": times["recompute"], "epoch_s_cache_all": times["cache"]}
+
+
+def print_feature_cache_table(rows: list[dict]) -> None:
+    """One line per config: epoch seconds recomputing and from the cache, the speedup, the cache's cost."""
+    head = (f"{'config':<16} {'frozen':<12} {'samples':>7} {'epoch recompute s':>18} {'epoch cached s':>15} "
+            f"{'speedup':>8} {'build s':>8} {'hit setup s':>12} {'cache MB':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['config']:<16} error: {r['error']}")
+            continue
+        print(f"{r['config']:<16} {r['frozen']:<12} {r['samples']:>7} {r['epoch_s_recompute']:>18.3f} "
+              f"{r['epoch_s_cache']:>15.4f} {r['speedup']:>7.0f}x {r['build_s']:>8.1f} {r['hit_setup_s']:>12.1f} "
+              f"{r['cache_mb']:>9.2f}")
+
+
+def tiny_bert(folder: Path, vocab_size: int = 128, hidden: int = 128, layers: int = 2) -> str:
+    """Write a small BERT-like model (random weights, ``save_pretrained``) to ``folder``; its path, for
+    ``encoder@model.encoders.text=hf model.encoders.text.model_name=<path>`` (no download)."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                                     max_position_embeddings=128)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(folder)
+    return str(folder)

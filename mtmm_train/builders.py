@@ -9,20 +9,25 @@ a one-line :class:`~mtmm_train.errors.UserError` on a bad config. One config com
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtmm_train import finetune
 from mtmm_train.balancers.base import Balancer
 from mtmm_train.config import TrainerConfig, check_names
 from mtmm_train.data import MultiModalData
+from mtmm_train.data.augment import apply_augment
 from mtmm_train.errors import UserError
 from mtmm_train.instantiate import build
 from mtmm_train.model import MultiModalModel
 from mtmm_train.preprocessing import apply_preprocessing
 from mtmm_train.tasks import TASK_TYPES, Task
+
+log = logging.getLogger("mtmm_train")
 
 AMP_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,11 +44,17 @@ def configure_torch(t: TrainerConfig) -> None:
     # "high" lets float32 matmuls and convolutions use TF32 on GPUs that have it.
     torch.set_float32_matmul_precision(t.float32_matmul_precision)
     torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
-    # Batches keep their shapes (drop_last), so timing cuDNN's algorithms once per shape pays.
+    # Batches keep their shapes (an epoch's last batch adds one), so timing cuDNN's algorithms once per shape pays.
     torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+    # The thread count is part of a CPU run's result (another count may sum in another order).
+    if t.num_threads is not None:
+        torch.set_num_threads(t.num_threads)
+    log.info("torch: %d CPU thread(s) (%s)", torch.get_num_threads(), f"trainer.num_threads={t.num_threads}"
+             if t.num_threads is not None else "trainer.num_threads=null: torch's default; OMP_NUM_THREADS="
+             + os.environ.get("OMP_NUM_THREADS", "unset"))
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,6 +88,7 @@ def build_data(cfg: DictConfig) -> MultiModalData:
             ``train`` or ``val`` split, ...
     """
     apply_preprocessing(cfg)  # readers take the settings their encoders ask for (size, tokenizer, sample rate)
+    apply_augment(cfg)  # readers take the run's augmentation preset (augment=none|light|strong) unless they set one
     data: MultiModalData = build(cfg.dataset, "dataset")
     modalities = check_names("modality", "model.encoders", list(cfg.model.encoders), list(data.modalities),
                              names_setting(cfg, "modalities"), "modalities")
@@ -94,14 +106,25 @@ def build_tasks(data: MultiModalData) -> dict[str, Task]:
     return {name: TASK_TYPES[spec.kind](spec) for name, spec in data.tasks.items()}
 
 
-def build_model(cfg: DictConfig, data: MultiModalData, tasks: dict[str, Task]) -> MultiModalModel:
+def build_model(cfg: DictConfig, data: MultiModalData, tasks: dict[str, Task], init: bool = True) -> MultiModalModel:
     """Encoders -> fusion -> MTL architecture -> heads, each one's input size taken from the one before.
+
+    Each encoder's fine-tuning settings (``freeze``, ``adapter``, ``init_from``...) are taken out of its
+    config node and applied to the built encoder (:mod:`mtmm_train.finetune`), here, so that training,
+    resume and ``mtmm-eval`` build the same modules (a LoRA adapter included).
+
+    Args:
+        init: load the encoders' ``init_from`` checkpoints (``mtmm-eval`` loads a checkpoint's weights instead).
 
     Returns:
         The model on the CPU (the caller moves it).
     """
-    encoders = {m: build(cfg.model.encoders[m], f"model.encoders.{m}", modality=spec)
-                for m, spec in data.modalities.items()}
+    encoders = {}
+    for m, spec in data.modalities.items():
+        key = f"model.encoders.{m}"
+        node, tuning = finetune.split(cfg.model.encoders[m], key)
+        encoders[m] = build(node, key, modality=spec)
+        finetune.apply(encoders[m], tuning, key, m, init=init)
     fusion = build(cfg.fusion, "fusion", in_dims={m: e.out_dim for m, e in encoders.items()})
     mtl = build(cfg.mtl, "mtl", in_dim=fusion.out_dim, tasks=list(tasks))
     heads = {t: build(cfg.model.heads[t], f"model.heads.{t}", in_dim=mtl.out_dim, out_dim=task.out_dim)

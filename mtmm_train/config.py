@@ -53,8 +53,10 @@ TYPE_EXAMPLES = {"int": "8", "int | None": "8 (or null)", "bool": "true", "float
 class TrainerConfig:
     """Schema of ``trainer`` (the values live in ``configs/trainer/*.yaml``)."""
 
-    max_epochs: int = MISSING
+    max_epochs: int | None = MISSING
+    min_steps: int | None = MISSING
     batch_size: int = MISSING
+    drop_last: bool = MISSING
     eval_batch_size: int = MISSING
     device: str = MISSING
     precision: str = MISSING
@@ -73,6 +75,8 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = MISSING
     limit_train_batches: int | None = MISSING
     resume: str | None = MISSING
+    test: bool = MISSING
+    num_threads: int | None = MISSING
 
 
 @dataclass
@@ -158,7 +162,7 @@ def fill_settings(cfg: DictConfig, options: dict[str, str] | None = None) -> Dic
 def check_trainer(t: TrainerConfig) -> None:
     """Range checks of ``trainer`` that a type alone cannot express."""
     problems = []
-    for name in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches"):
+    for name in ("batch_size", "eval_batch_size", "accumulate_grad_batches"):
         if getattr(t, name) < 1:
             problems.append(f"trainer.{name} must be >= 1, found {getattr(t, name)}")
     if t.precision not in PRECISIONS:
@@ -174,7 +178,8 @@ def check_trainer(t: TrainerConfig) -> None:
         problems.append(f"trainer.monitor_mode must be min or max, found '{t.monitor_mode}'")
     if t.gradient_clip_norm is not None and t.gradient_clip_norm <= 0:
         problems.append(f"trainer.gradient_clip_norm must be > 0 or null, found {t.gradient_clip_norm}")
-    for name in ("early_stopping_patience", "checkpoint_every_n_steps", "limit_train_batches"):
+    for name in ("max_epochs", "min_steps", "num_threads", "early_stopping_patience", "checkpoint_every_n_steps",
+                 "limit_train_batches"):
         value = getattr(t, name)
         if value is not None and value < 1:
             problems.append(f"trainer.{name} must be >= 1 or null, found {value}")
@@ -266,6 +271,9 @@ def validate(cfg: DictConfig) -> tuple[TrainerConfig, LoggerConfig]:
     check_resume(trainer.resume)
     for key, node in components(cfg):
         check_arguments(node, key)
+    from mtmm_train import finetune  # local: it imports torch, which this module does not need
+
+    finetune.check_config(cfg)  # model.encoders.<m>.freeze, adapter, lr_scale... (mtmm_train/finetune.py)
     return trainer, logger
 
 

@@ -5,8 +5,10 @@
 The data and the model are rebuilt by :mod:`mtmm_train.builders` from the config stored in the
 checkpoint (so the data and its splits are regenerated exactly; :func:`load_run`), and evaluated
 with :func:`mtmm_train.evaluation.evaluate`, the function training evaluates with. Results go to
-``<run dir>/eval/<checkpoint name>/``: ``robustness.json``, ``robustness.md`` (the tables)
-and ``robustness.png`` (metric against corruption level, per task and corruption).
+``<run dir>/eval/<checkpoint name>/``: ``metrics.json`` and ``metrics.md`` (every clean metric),
+``robustness.json``, ``robustness.md`` (the tables) and ``robustness.png`` (metric against corruption
+level, per task and corruption). Plain metrics only: ``mtmm-eval checkpoint=... subsets=false noise=[]
+zero=[] drop=[]``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from tqdm import tqdm
 
 from mtmm_train import builders, evaluation, fileio, runlock
 from mtmm_train import checkpoint as ckpt
@@ -123,7 +126,7 @@ class CheckpointRun:
 
 
 def load_run(path: str | Path, device: str = "auto", batch_size: int | None = None,
-             allow_foreign_targets: bool = False) -> CheckpointRun:
+             allow_foreign_targets: bool = False, move_splits: bool = True) -> CheckpointRun:
     """Rebuild the data and the model of a checkpoint from its stored config, and load the weights.
 
     Args:
@@ -131,6 +134,8 @@ def load_run(path: str | Path, device: str = "auto", batch_size: int | None = No
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         batch_size: the evaluation batch size; None: the stored ``trainer.eval_batch_size``.
         allow_foreign_targets: build ``_target_`` callables outside mtmm-train's own components.
+        move_splits: put the splits on the device (False: ``splits`` is empty; ``mtmm-predict`` reads
+            its own rows).
 
     Raises:
         UserError: the file is missing or not a checkpoint, its config names foreign components,
@@ -157,13 +162,14 @@ def load_run(path: str | Path, device: str = "auto", batch_size: int | None = No
                            "the data its stored config names has changed since training; evaluate it on that data "
                            "as it was, or train a new model")
     tasks = builders.build_tasks(data)
-    model = builders.build_model(cfg, data, tasks)
+    model = builders.build_model(cfg, data, tasks, init=False)  # init_from: the checkpoint holds the weights
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise UserError(f"checkpoint '{path}' does not fit the config stored in it "
                         f"({str(e).splitlines()[0]}); was it written by this version of mtmm-train?") from None
-    return CheckpointRun(cfg, data, {k: s.to(dev) for k, s in data.splits.items()}, tasks, model.to(dev).eval(),
+    splits = {k: s.to(dev) for k, s in data.splits.items()} if move_splits else {}
+    return CheckpointRun(cfg, data, splits, tasks, model.to(dev).eval(),
                          builders.autocast_for(trainer.precision, dev), batch_size or trainer.eval_batch_size)
 
 
@@ -186,6 +192,8 @@ def corrupt(split: TensorSplit, modality: str, kind: str, level: float, draws: d
         The corrupted split.
     """
     x, present = split.inputs[modality], split.present[modality]
+    if x.dtype == torch.uint8:  # pixels (files dataset): corrupted as the [0, 1] floats the encoders see
+        x = x.float() / 255
     hit = (draws["u"] < level).view(-1, *([1] * (x.dim() - 1)))  # (N, 1, ...)
     if kind == "noise" and x.is_floating_point():
         std = x[present].std() if present.any() else x.new_tensor(1.0)
@@ -233,37 +241,51 @@ def evaluate_checkpoint(cfg: EvalConfig, output_dir: Path) -> dict[str, Any]:
         bad = [v for v in getattr(cfg, kind) if not (v > 0 and (kind == "noise" or v <= 1))]
         check(not bad, f"{kind} levels must be {'> 0' if kind == 'noise' else 'in (0, 1]'}, found {bad[:1]}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    kinds = [k for k in CORRUPTIONS if getattr(cfg, k)]
+    log.info("mtmm-eval: %s on the '%s' split: %s; rebuilding its data and model", cfg.checkpoint, cfg.split,
+             ", ".join(["clean metrics"] + (["every subset of the modalities"] if cfg.subsets else [])
+                       + ([f"corrupted by {'/'.join(kinds)}"] if kinds else [])))
     run = load_run(cfg.checkpoint, cfg.device, cfg.batch_size, cfg.allow_foreign_targets)
     check(cfg.split in run.splits, f"split is '{cfg.split}', which the data lacks; use one of {list(run.splits)}")
     data, modalities = run.splits[cfg.split], list(run.data.modalities)
     primary = {t: f"{t}/{PRIMARY_METRIC[task.spec.kind]}" for t, task in run.tasks.items()}
-    metrics = run.evaluate  # the function training evaluates with, on clean or modified splits
+    subsets_of = [s for r in range(len(modalities), 0, -1) for s in itertools.combinations(modalities, r)
+                  if cfg.subsets]
+    total = 1 + len(subsets_of) + len(modalities) * sum(len(getattr(cfg, k)) for k in kinds)
+    bar = tqdm(total=total, desc="mtmm-eval", unit="eval", dynamic_ncols=True, file=sys.stderr)
 
-    clean = metrics(data)
-    subsets = [{"modalities": list(s), "metrics": metrics(keep_only(data, s))}
-               for r in range(len(modalities), 0, -1) for s in itertools.combinations(modalities, r)
-               if cfg.subsets]
-    corruptions = []
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for m in modalities:
-        draws = random_draws(data.inputs[m], run.data.modalities[m].vocab_size, gen)
-        for kind in (k for k in CORRUPTIONS if getattr(cfg, k)):
-            levels = sorted(getattr(cfg, kind))
-            runs = [metrics(corrupt(data, m, kind, level, draws)) for level in levels]
-            values = {t: [r[key] for r in runs] for t, key in primary.items()}
-            scores = {t: robustness_score(levels, values[t], clean[key]) for t, key in primary.items()}
-            corruptions.append({"modality": m, "kind": kind, "levels": levels, "values": values,
-                                "robustness": scores, "metrics": runs})
+    def metrics(split: TensorSplit) -> dict[str, float]:  # the function training evaluates with
+        out = run.evaluate(split)
+        bar.update(1)
+        return out
+
+    with bar:
+        clean = metrics(data)
+        subsets = [{"modalities": list(s), "metrics": metrics(keep_only(data, s))} for s in subsets_of]
+        corruptions = []
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for m in modalities:
+            draws = random_draws(data.inputs[m], run.data.modalities[m].vocab_size, gen)
+            for kind in kinds:
+                levels = sorted(getattr(cfg, kind))
+                runs = [metrics(corrupt(data, m, kind, level, draws)) for level in levels]
+                values = {t: [r[key] for r in runs] for t, key in primary.items()}
+                scores = {t: robustness_score(levels, values[t], clean[key]) for t, key in primary.items()}
+                corruptions.append({"modality": m, "kind": kind, "levels": levels, "values": values,
+                                    "robustness": scores, "metrics": runs})
+    # Without corruptions there is no robustness to score: {} rather than NaN per task.
     result = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "modalities": modalities, "primary": primary,
               "clean": clean, "subsets": subsets, "corruptions": corruptions,
-              "robustness": {t: _nanmean([c["robustness"][t] for c in corruptions]) for t in primary}}
-    write_outputs(result, output_dir, cfg.plot)
+              "robustness": {t: _nanmean([c["robustness"][t] for c in corruptions]) for t in primary}
+              if corruptions else {}}
+    write_outputs(result, output_dir, cfg.plot, list(run.tasks))
     return result
 
 
 def random_draws(x: torch.Tensor, vocab_size: int | None, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """The draws :func:`corrupt` uses for one modality's input ``x`` (made on the CPU: reproducible)."""
-    eps = torch.randn(x.shape, generator=gen) if x.is_floating_point() else torch.rand(x.shape, generator=gen)
+    pixels = x.is_floating_point() or x.dtype == torch.uint8  # uint8 images get Gaussian noise too
+    eps = torch.randn(x.shape, generator=gen) if pixels else torch.rand(x.shape, generator=gen)
     draws = {"u": torch.rand(x.shape[0], generator=gen), "eps": eps,
              "ids": torch.randint(vocab_size or 1, x.shape, generator=gen)}
     return {k: v.to(x.device) for k, v in draws.items()}
@@ -274,8 +296,21 @@ def _nanmean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def format_metrics(result: dict[str, Any], tasks: list[str] | None = None) -> str:
+    """A markdown table of every clean metric: one row per task, its loss and each metric."""
+    clean, tasks = result["clean"], tasks or list(result["primary"])
+    rows = []
+    for t in tasks:
+        cells = [f"loss {clean.get(f'loss/{t}', float('nan')):.4f}"]
+        cells += [f"{k.split('/', 1)[1]} {v:.4f}" for k, v in clean.items() if k.startswith(f"{t}/")]
+        rows.append(f"| {t} | {', '.join(cells)} |")
+    return "\n".join([f"# Metrics of {result['checkpoint']} ({result['split']} split)", "", "| task | metrics |",
+                      "|---|---|", *rows]) + "\n"
+
+
 def format_tables(result: dict[str, Any]) -> str:
-    """Markdown tables of the primary metrics: per modality subset, and per corruption with its score."""
+    """Markdown tables of the primary metrics: per modality subset, and per corruption with its score
+    (the corruption table only when some corruption was evaluated)."""
     primary = result["primary"]
     head = " | ".join(primary.values())
     lines = [f"# Robustness of {result['checkpoint']} ({result['split']} split)", "",
@@ -284,6 +319,8 @@ def format_tables(result: dict[str, Any]) -> str:
     for s in result["subsets"][1:]:  # the first subset is all of them: the clean row
         cells = " | ".join(f"{s['metrics'][k]:.4f}" for k in primary.values())
         lines.append(f"| {'+'.join(s['modalities'])} | {cells} |")
+    if not result["corruptions"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "Robustness score (metric at the highest level in brackets): area under the metric against the",
               "corruption level, from the clean value at 0, divided by clean x highest level; 1 = unaffected.", "",
               f"| modality | corruption | {head} |", "|---" * (len(primary) + 2) + "|"]
@@ -294,13 +331,18 @@ def format_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: dict[str, Any], output_dir: Path, plot: bool) -> None:
-    """``robustness.json``, ``robustness.md`` and (if ``plot``) ``robustness.png`` in ``output_dir``."""
+def write_outputs(result: dict[str, Any], output_dir: Path, plot: bool, tasks: list[str] | None = None) -> None:
+    """``metrics.json`` and ``metrics.md`` (every clean metric), ``robustness.json``, ``robustness.md`` and
+    (if ``plot`` and some corruption was evaluated) ``robustness.png`` in ``output_dir``."""
     fileio.write_json(output_dir / "robustness.json", result)  # atomic: a full disk keeps the earlier file
+    fileio.write_json(output_dir / "metrics.json", {"checkpoint": result["checkpoint"], "split": result["split"],
+                                                    "metrics": result["clean"]})
+    plain = format_metrics(result, tasks)
+    fileio.write_text(output_dir / "metrics.md", plain)
     table = format_tables(result)
     fileio.write_text(output_dir / "robustness.md", table)
-    log.info("robustness of %s\n%s", result["checkpoint"], table)
-    if plot:
+    log.info("%s\n%s", plain, table)
+    if plot and result["corruptions"]:
         plot_curves(result, output_dir / "robustness.png")
     log.info("wrote %s", output_dir)
 

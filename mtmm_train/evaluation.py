@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mtmm_train import distributed
-from mtmm_train.data import InMemoryLoader, TensorSplit
+from mtmm_train.data import FileSplit, InMemoryLoader, TensorSplit
 from mtmm_train.tasks import Task
 
 log = logging.getLogger("mtmm_train")
@@ -24,8 +25,9 @@ def metric_keys(tasks: dict[str, Task], prefix: str = "val") -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tasks: dict[str, Task], split: TensorSplit, batch_size: int,
-             prefix: str = "val", autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, tasks: dict[str, Task], split: TensorSplit | FileSplit, batch_size: int,
+             prefix: str = "val", autocast: contextlib.AbstractContextManager | None = None,
+             loader: Any = None) -> dict[str, float]:
     """Per-task losses and metrics over ``split`` (labelled samples only).
 
     Under torchrun each rank evaluates its share of the split; loss sums are reduced, and the
@@ -37,10 +39,12 @@ def evaluate(model: nn.Module, tasks: dict[str, Task], split: TensorSplit, batch
         model: returns ``(preds, shared)`` from ``(inputs, present)``; put in eval mode here and
             back in the mode it had.
         tasks: task name -> task (loss, metrics).
-        split: the data, on the model's device.
+        split: the data, on the model's device (or on the host, e.g. a FileSplit: batches are moved).
         batch_size: samples per forward pass.
         prefix: the keys' first part (``val``, ``test``, ...).
         autocast: the precision context of the forward passes (None: full precision).
+        loader: batches of ``split`` for this rank (a :class:`~mtmm_train.data.StreamingLoader` with
+            ``train=False``, whose workers decode a streamed split); None: batched by index here.
 
     Returns:
         ``{"<prefix>/loss/total", "<prefix>/loss/<task>", "<prefix>/<task>/<metric>": float}``;
@@ -48,15 +52,19 @@ def evaluate(model: nn.Module, tasks: dict[str, Task], split: TensorSplit, batch
     """
     dist = distributed.info()
     device = next(iter(split.present.values())).device
+    param = next(model.parameters(), None)
+    if param is not None and param.device != device:  # a split left on the host: move each batch
+        device = param.device
     training = model.training
     model.eval()
     parallel = dist.distributed
-    loader = InMemoryLoader(split, batch_size, rank=dist.rank, world_size=dist.world_size)
+    loader = loader or InMemoryLoader(split, batch_size, rank=dist.rank, world_size=dist.world_size)
     metrics = {t: task.metrics().to(device) for t, task in tasks.items()}
     kept: dict[str, tuple[list[Tensor], list[Tensor]]] = {t: ([], []) for t in tasks}
     loss_sum = torch.zeros(len(tasks), device=device)
     n_labeled = torch.zeros(len(tasks), device=device)
     for batch in loader:
+        batch = batch.to(device, non_blocking=True)
         with autocast or contextlib.nullcontext():
             preds, _ = model(batch.inputs, batch.present)
         for i, (t, task) in enumerate(tasks.items()):

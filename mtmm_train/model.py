@@ -49,10 +49,24 @@ class MultiModalModel(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.missing = missing
         self.modality_dropout = modality_dropout
+        #: Modalities whose inputs are already their encoder's outputs (the frozen-feature cache,
+        #: :mod:`mtmm_train.feature_cache`): ``(B, D)``, or ``(B, L, D)`` for a fusion that wants tokens.
+        self.precomputed: set[str] = set()
         if missing == "learned":
             self.missing_embeddings = nn.ParameterDict({
                 m: nn.Parameter(torch.zeros(e.out_dim)) for m, e in encoders.items()
             })
+
+    def train(self, mode: bool = True) -> MultiModalModel:
+        """Training or eval mode, as ``nn.Module.train``; a frozen encoder part (``model.encoders.<m>.freeze``,
+        :mod:`mtmm_train.finetune`: marked ``keep_eval``) stays in eval mode, so its BatchNorm statistics do not
+        change and its dropout stays off."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if getattr(module, "keep_eval", False):
+                    module.eval()
+        return self
 
     def drop_modalities(self, present: dict[str, Tensor]) -> dict[str, Tensor]:
         """Randomly drop present modalities, keeping at least one per sample."""
@@ -66,9 +80,20 @@ class MultiModalModel(nn.Module):
 
     def embed(self, inputs: dict[str, Tensor],
               present: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Encode every modality; apply the missing-modality policy."""
+        """Encode every modality; apply the missing-modality policy.
+
+        A modality in :attr:`precomputed` is taken as it is. An encoder that skips absent rows
+        (:func:`skips_absent`: backbones) sees only the present rows (:func:`encode_present`).
+        """
         tokens = self.fusion.wants_tokens
-        embs = {m: (enc.tokens(inputs[m]) if tokens else enc(inputs[m])) for m, enc in self.encoders.items()}
+        embs = {}
+        for m, enc in self.encoders.items():
+            if m in self.precomputed:
+                embs[m] = inputs[m]
+            elif skips_absent(enc) and not torch.compiler.is_compiling():
+                embs[m] = encode_present(enc, inputs[m], present[m], tokens)
+            else:
+                embs[m] = enc.tokens(inputs[m]) if tokens else enc(inputs[m])
         if self.missing == "learned":
             for m in embs:
                 mask = present[m].view(-1, *([1] * (embs[m].dim() - 1)))
@@ -161,6 +186,29 @@ class CompiledRepresentation(nn.Module):
     def forward(self, inputs: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
         z, present = self.compiled_represent(inputs, present)
         return self.model.predict(z, present)
+
+
+def skips_absent(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` sees only the present rows: its ``skip_absent`` attribute, where it sets one (True or
+    False), else True for a backbone encoder (``encoder.backbone`` is not None), whose forward is costly."""
+    flag = getattr(encoder, "skip_absent", None)
+    return bool(flag) if flag is not None else getattr(encoder, "backbone", None) is not None
+
+
+def encode_present(encoder: nn.Module, x: Tensor, present: Tensor, tokens: bool) -> Tensor:
+    """Run ``encoder`` on the present rows of ``x`` only; absent rows of the output are zeros (the fusion masks
+    them, ``missing=learned`` replaces them).
+
+    Finding the rows is one host synchronisation per call (``nonzero``), which is why only backbone
+    encoders opt in: their forward costs far more. When every row, or none, is present, the whole batch
+    goes through as usual (none: the output's shape comes from the encoder; the fusion masks every row).
+    """
+    rows = present.nonzero().squeeze(1)  # the one host read: the number of present rows
+    if rows.numel() in (0, present.shape[0]):
+        return encoder.tokens(x) if tokens else encoder(x)
+    part = x.index_select(0, rows)
+    out = encoder.tokens(part) if tokens else encoder(part)
+    return out.new_zeros((x.shape[0], *out.shape[1:])).index_copy(0, rows, out)
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:

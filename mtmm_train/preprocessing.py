@@ -38,7 +38,7 @@ class Preprocessing:
 
     Each field is the name of a reader setting: image readers take ``size``, ``interpolation``,
     ``crop_pct`` and ``channels``; text readers ``tokenizer``, ``max_length`` and
-    ``special_tokens``; audio readers ``sample_rate``. A field a reader does not have is skipped.
+    ``special_tokens``; audio readers ``sample_rate`` and ``features``. A field a reader does not have is skipped.
 
     Attributes:
         size: ``[H, W]`` the backbone's input size.
@@ -49,6 +49,7 @@ class Preprocessing:
         max_length: tokens per text, special tokens included.
         special_tokens: add the model's special tokens (``[CLS]``, ``[SEP]``, ``<s>``...).
         sample_rate: audio samples per second.
+        features: what audio readers deliver: ``raw`` (the waveform) or ``log_mel``.
         source: where these come from, for messages, e.g. ``timm resnet18``.
     """
 
@@ -60,6 +61,7 @@ class Preprocessing:
     max_length: int | None = None
     special_tokens: bool | None = None
     sample_rate: int | None = None
+    features: str | None = None
     source: str = ""
 
     def settings(self) -> dict[str, Any]:
@@ -80,14 +82,18 @@ def encoder_preprocessing(node: DictConfig, key: str) -> Preprocessing:
     settings, ``_target_`` and runtime arguments left out. Only checked ``_target_`` values are
     resolved (:mod:`mtmm_train.registry`).
     """
-    from mtmm_train.instantiate import resolve_target  # local: instantiate imports the registry
+    from mtmm_train.instantiate import located, resolve_target  # local: instantiate imports the registry
 
     cls = resolve_target(node, key)
     ask = getattr(cls, "preprocessing", None)
     if ask is None:
         return Preprocessing()
-    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
-    return ask(settings)
+    from mtmm_train.finetune import KEYS as FINE_TUNING  # freeze, adapter...: not the encoder's own settings
+
+    settings = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                if not k.startswith("_") and k not in FINE_TUNING}
+    with located(key):  # a SettingError of the class names the key: model.encoders.<m>.<setting> ...
+        return ask(settings)
 
 
 def apply_preprocessing(cfg: DictConfig) -> list[str]:

@@ -23,21 +23,22 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mtmm_train import builders, checkpoint, distributed, evaluation, fileio
+from mtmm_train import builders, checkpoint, distributed, evaluation, feature_cache, fileio, finetune
 from mtmm_train.balancers.base import BalanceContext, Balancer, cosine_scalars, task_gramian
 from mtmm_train.batch import Batch
 from mtmm_train.config import TrainerConfig, check_seed, validate
-from mtmm_train.data import InMemoryLoader
+from mtmm_train.data import InMemoryLoader, StreamingLoader, augment
 from mtmm_train.errors import UserError
 from mtmm_train.instantiate import build
 from mtmm_train.model import CompiledRepresentation
-from mtmm_train.optim import param_groups
 from mtmm_train.signals import Preempted, StopOnSignals
 from mtmm_train.tasks import Task
-from mtmm_train.tensorboard import TensorBoard, format_results
+from mtmm_train.tensorboard import TensorBoard, event_dir, format_results
 from mtmm_train.training_log import TrainingLog
 
 log = logging.getLogger("mtmm_train")
+
+AUTO_EPOCHS = 8  # trainer.max_epochs=null: at least this many epochs (more to reach trainer.min_steps)
 
 __all__ = ["NoFiniteMonitor", "Preempted", "StepOutput", "TrainRecipe", "training_step"]
 
@@ -186,9 +187,11 @@ class TrainRecipe:
             raise UserError(f"the 'val' split has {val} samples, fewer than the {world} processes that share its "
                             "evaluation; give it more samples or use fewer processes")
         # Each split is batched on the device by index; `loader=dataloader` streams the training split
-        # from host memory through DataLoader workers instead.
-        self.stream = self.cfg.get("loader") is not None
-        self.splits = {k: s if self.stream and k == "train" else s.to(self.device)
+        # from host memory through DataLoader workers instead; dataset.storage=stream|cache (files decoded
+        # per sample, or a memory-mapped cache) streams every split, evaluation included, and never moves it.
+        self.stream_all = self.data.storage != "memory"
+        self.stream = self.cfg.get("loader") is not None or self.stream_all
+        self.splits = {k: s if self.stream_all or (self.stream and k == "train") else s.to(self.device)
                        for k, s in self.data.splits.items()}
         self.tasks: dict[str, Task] = builders.build_tasks(self.data)
 
@@ -202,6 +205,9 @@ class TrainRecipe:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.balancer: Balancer = builders.build_balancer(self.cfg, list(self.tasks)).to(self.device)
         self.shared_params = self.model.shared_parameters()
+        # Frozen encoders without train-time augmentation: their outputs from the cache (model.feature_cache).
+        self.splits = feature_cache.apply(self.cfg, self.model, self.data, self.splits, self.device,
+                                          self.trainer.precision, self.trainer.eval_batch_size)
 
     def setup_forward(self) -> None:
         """What the step calls: the model, compiled (``trainer.compile``) and wrapped for DDP (torchrun).
@@ -238,13 +244,34 @@ class TrainRecipe:
         batch of ``batch_size * world_size`` samples, split between the ranks.
         """
         t = self.trainer
-        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size}
-        if self.stream:
+        # Keeping the last, smaller batch: BatchNorm cannot train on one sample, so a last batch that
+        # would give a process fewer than 2 joins the batch before it.
+        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        min_last = 2 if batch_norm else 1
+        shard = {"rank": self.dist.rank, "world_size": self.dist.world_size, "global_batches": True,
+                 "min_last": min_last}
+        workers = int(OmegaConf.select(self.cfg, "dataset.num_workers", default=2) or 0)
+        if self.cfg.get("loader") is not None:
             self.train_loader = build(self.cfg.loader, "loader", split=self.splits["train"], batch_size=t.batch_size,
-                                      shuffle=True, drop_last=True, seed=self.seed, device=self.device, **shard)
+                                      shuffle=True, drop_last=t.drop_last, seed=self.seed, device=self.device,
+                                      train=True, **shard)
+            workers = getattr(getattr(self.train_loader, "loader", None), "num_workers", workers)
+        elif self.stream:  # dataset.storage=stream|cache without a loader config: the dataset's workers
+            self.train_loader = StreamingLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=t.drop_last,
+                                                seed=self.seed, device=self.device, num_workers=workers, train=True,
+                                                **shard)
         else:
-            self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=True,
-                                               seed=self.seed, **shard)
+            self.train_loader = InMemoryLoader(self.splits["train"], t.batch_size, shuffle=True, drop_last=t.drop_last,
+                                               seed=self.seed, train=True, **shard)
+        # augment.device=cuda: the readers' train-time transforms run per batch on the training device.
+        batch_augment = augment.batch_augment(self.cfg, self.data, self.seed)
+        if batch_augment is not None:
+            self.train_loader = augment.AugmentedLoader(self.train_loader, batch_augment)
+        # Streamed evaluation splits get workers of their own, kept for the run (decoding is per batch).
+        self.eval_loaders = {k: StreamingLoader(s, t.eval_batch_size, rank=self.dist.rank,
+                                                world_size=self.dist.world_size, device=self.device,
+                                                num_workers=workers, persistent_workers=k == "val", train=False)
+                             for k, s in self.splits.items() if k != "train"} if self.stream_all else {}
         self.batches_per_epoch = len(self.train_loader)
         if t.limit_train_batches is not None:
             self.batches_per_epoch = min(self.batches_per_epoch, t.limit_train_batches)
@@ -254,17 +281,49 @@ class TrainRecipe:
                             f"samples, trainer.batch_size={t.batch_size}{limit}), fewer than the "
                             f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} of one optimizer step; "
                             "lower trainer.accumulate_grad_batches or trainer.batch_size")
-        self.steps_per_epoch = max(1, self.batches_per_epoch // t.accumulate_grad_batches)
+        # drop_last=false: the last step of an epoch may have fewer micro-batches (weighted as one batch).
+        acc = t.accumulate_grad_batches
+        batches = self.batches_per_epoch
+        self.steps_per_epoch = max(1, batches // acc if t.drop_last else -(-batches // acc))
+        self.epoch_batches = self.batches_per_epoch if not t.drop_last else self.steps_per_epoch * acc
+        self.log_batches(min_last)
+        if t.max_epochs is None:  # from the data: enough epochs for trainer.min_steps optimizer steps
+            t.max_epochs = max(AUTO_EPOCHS, -(-(t.min_steps or 0) // self.steps_per_epoch))
+            log.info("trainer.max_epochs=null: %d epochs of %d optimizer steps (%s)", t.max_epochs,
+                     self.steps_per_epoch, f"at least trainer.min_steps={t.min_steps} steps"
+                     if t.max_epochs > AUTO_EPOCHS else f"the default {AUTO_EPOCHS} epochs reach trainer.min_steps="
+                     f"{t.min_steps}")
         self.total_steps = self.steps_per_epoch * t.max_epochs
+
+    def log_batches(self, min_last: int) -> None:
+        """Say what happens to the samples that do not fill a last batch (``trainer.drop_last``)."""
+        t, world, n = self.trainer, self.dist.world_size, len(self.splits["train"])
+        full, rest = divmod(n, t.batch_size * world)
+        if not rest or not full:
+            return
+        if t.drop_last:
+            log.info("trainer.drop_last=true: each epoch leaves out %d of the %d training samples (a random %d, "
+                     "the last batch); set trainer.drop_last=false to keep them", rest, n, rest)
+        elif rest // world < min_last:
+            log.info("trainer.drop_last=false: the last batch of an epoch would give %s %d sample(s)%s, so it joins "
+                     "the batch before", "BatchNorm" if min_last > 1 else "a process", rest // world,
+                     " per process" if world > 1 else "")
 
     def setup_optimization(self) -> None:
         """Optimizer (the model's and the balancer's parameters), schedule, autocast and GradScaler."""
         cfg, t = self.cfg, self.trainer
         opt_factory = build(cfg.optimizer, "optimizer")
-        groups = param_groups([self.model, self.balancer], float(cfg.optimizer.get("weight_decay", 0.0)))
+        # Per encoder: lr_scale, layer-wise decay, frozen parts left out; no decay on biases and norms.
+        lr = cfg.optimizer.get("lr")
+        groups = finetune.param_groups(self.model, [self.balancer], float(cfg.optimizer.get("weight_decay", 0.0)),
+                                       None if lr is None else float(lr))
         fused = self.device.type == "cuda" and "fused" not in cfg.optimizer \
             and cfg.optimizer._target_ in ("torch.optim.AdamW", "torch.optim.Adam")
         self.optimizer = opt_factory(groups, **({"fused": True} if fused else {}))
+        rows = finetune.describe_groups(self.optimizer)  # before the schedule scales the lrs (warm-up)
+        log.info("optimizer parameter groups:\n%s", finetune.format_groups(rows))
+        if self.dist.is_main:
+            fileio.write_json(self.output_dir / "param_groups.json", rows)
         self.scheduler = build(cfg.scheduler, "scheduler")(self.optimizer, total_steps=self.total_steps)
         self.autocast = builders.autocast_for(t.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
@@ -282,12 +341,13 @@ class TrainRecipe:
         self.bad_epochs = 0
         self.skipped_steps = 0  # steps skipped: fp16 overflow, or a non-finite loss with trainer.nonfinite=skip
         self.last_metrics: dict[str, float] = {}
+        self.test_metrics: dict[str, float] = {}  # the best checkpoint on the test split, at the end
         self.log = TrainingLog(list(self.tasks), self.logger_cfg.log_every_n_steps, self.device)
         self.resumed_from = self.maybe_resume(t.resume)
         # Events up to the checkpoint's step were written before it; later ones (or all, when a run
         # killed before its first checkpoint starts again) are stale. Only rank 0 writes logs.
         writes = self.logger_cfg.tensorboard and self.dist.is_main
-        self.tb = TensorBoard(self.output_dir / "tensorboard", enabled=writes,
+        self.tb = TensorBoard(event_dir(self.output_dir), enabled=writes,
                               purge_step=self.step + 1 if t.resume is not None else None)
         log.info("model: %s parameters; %d tasks, %d modalities, %d steps on %s%s",
                  f"{count_parameters(self.model):,}", len(self.tasks), len(self.data.modalities),
@@ -316,16 +376,20 @@ class TrainRecipe:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (lg.progress_bar and self.dist.is_main),
                    dynamic_ncols=True, desc="train", leave=True)
         while self.epoch < t.max_epochs and not stopped_early:
+            # unfreeze_at_epoch: frozen or not follows from the epoch alone (a resumed run too); torchrun
+            # wraps the model anew, as DistributedDataParallel registers only the parameters that train.
+            if finetune.on_epoch_start(self.model, self.epoch) and self.ddp is not None:
+                self.setup_forward()
             self.model.train()
             bar.set_description(f"epoch {self.epoch + 1}/{t.max_epochs}")
             start = self.batch_in_epoch
             window: list[Batch] = []  # the micro-batches of one optimizer step
             for i, batch in enumerate(self.train_loader.epoch(self.epoch, start=start), start=start):
-                if i >= self.steps_per_epoch * t.accumulate_grad_batches:
+                if i >= self.epoch_batches:
                     break
                 window.append(batch)
-                if len(window) < t.accumulate_grad_batches:
-                    continue
+                if len(window) < t.accumulate_grad_batches and i < self.epoch_batches - 1:
+                    continue  # drop_last=false: the epoch's last batches make a shorter step
                 self.train_step(window)
                 self.batch_in_epoch = i + 1
                 samples += sum(b.size for b in window) * self.dist.world_size
@@ -349,8 +413,26 @@ class TrainRecipe:
                                   f"(last: {self.last_metrics.get(t.monitor)}), so no best.pt or metrics.json was "
                                   f"written; lower optimizer.lr (it is {lr}), set trainer.gradient_clip_norm, or use "
                                   "trainer.nonfinite=stop to stop at the first bad step")
+        self.test_metrics = self.test_best() if t.test else {}
         self.finish(time.perf_counter() - t_start, stopped_early)
         return float(self.best["value"])
+
+    def test_best(self) -> dict[str, float]:
+        """The best checkpoint's losses and metrics on the test split (``trainer.test``); {} without one.
+
+        The model takes the weights of ``best.pt`` (unless the last epoch was the best) and keeps them.
+        """
+        if "test" not in self.splits:
+            log.info("trainer.test: the data has no test split; no test results")
+            return {}
+        if self.best["epoch"] != self.epoch:
+            distributed.barrier()  # rank 0 wrote best.pt
+            state = checkpoint.load(self.ckpt_dir / "best.pt", trusted_config=OmegaConf.to_container(self.cfg,
+                                                                                                     resolve=True))
+            self.model.load_state_dict(state["model"])
+        # Not in TensorBoard: one-point test/... cards would come before the training curves (TensorBoard sorts
+        # its groups by name), and as HParams columns they would push out the settings it shows by default.
+        return self.evaluate("test")
 
     def train_step(self, window: list[Batch]) -> None:
         """One optimizer step over the micro-batches in ``window``: forward and backward, the update, and
@@ -379,17 +461,17 @@ class TrainRecipe:
         every = self.logger_cfg.grad_cosine_every_n_steps
         gramian = bool(self.logger_cfg.tensorboard and every and (self.step + 1) % every == 0)
         if acc == 1 and world == 1:
-            return self.micro_step(window[0], gramian=gramian)
+            return self.micro_step(window[0], gramian=gramian)  # also a shorter last step of one batch
         local = torch.stack([torch.stack([b.labeled[t].sum() for t in self.tasks]) for b in window]).float()
         counts = distributed.total(local)  # (acc, T) over the processes; asynchronous on the GPU
         shares = local * (acc * world) / counts.sum(0).clamp_min(1)
-        outs = [self.micro_step(batch, sync=k == acc - 1, share=shares[k], counts=counts[k],
+        outs = [self.micro_step(batch, sync=k == acc - 1, share=shares[k], counts=counts[k], acc=acc,
                                 gramian=gramian and k == acc - 1) for k, batch in enumerate(window)]
         return StepOutput(torch.stack([o.losses for o in outs]).sum(0),
                           torch.stack([o.weights for o in outs]).mean(0), outs[-1].gramian)
 
     def micro_step(self, batch: Batch, sync: bool = True, share: Tensor | None = None,
-                   counts: Tensor | None = None, gramian: bool = False) -> StepOutput:
+                   counts: Tensor | None = None, gramian: bool = False, acc: int = 1) -> StepOutput:
         """Forward and backward of one (micro-)batch (:func:`training_step`), under torchrun with the
         gradient averaging DDP's hooks do not do.
 
@@ -399,12 +481,14 @@ class TrainRecipe:
                 or after it when the balancer writes ``.grad`` itself.
             share, counts: the micro-batch's loss factors and labelled counts (:meth:`accumulate`).
             gramian: also compute the Gramian of the task gradients (the gradient-cosine log).
+            acc: the step's micro-batches (``accumulate_grad_batches``, fewer in an epoch's shorter
+                last step): each loss carries ``1 / acc``.
         """
         direct = self.balancer.writes_grads_directly
         no_sync = self.ddp.no_sync() if self.ddp is not None and (direct or not sync) else contextlib.nullcontext()
         with no_sync:
             out = training_step(self.forward_model, self.tasks, self.balancer, batch, self.autocast, self.scaler,
-                                self.shared_params, self.step, micro_factor=1.0 / self.trainer.accumulate_grad_batches,
+                                self.shared_params, self.step, micro_factor=1.0 / acc,
                                 gramian=gramian, share=share, counts=counts, data_parallel=self.dist.distributed)
         if self.dist.distributed and sync:
             # Gradients DDP's hooks do not see: the balancer's own parameters, and all of them
@@ -468,7 +552,7 @@ class TrainRecipe:
         total = sum(weights[t] * losses[t] for t in losses)
         self.write_step_weights()
         scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
-                   "lr": self.optimizer.param_groups[0]["lr"], "perf/samples_per_s": samples_per_s}
+                   "train/lr": self.optimizer.param_groups[0]["lr"], "train/samples_per_s": samples_per_s}
         gates = self.model.mtl.gate_weights()
         if gates:
             scalars.update(zip([f"train/gate/{k}" for k in gates], torch.stack(list(gates.values())).tolist(),
@@ -557,7 +641,7 @@ class TrainRecipe:
             ``{"<split>/loss/total", "<split>/loss/<task>", "<split>/<task>/<metric>": float}``.
         """
         return evaluation.evaluate(self.model, self.tasks, self.splits[split], self.trainer.eval_batch_size,
-                                   prefix=split, autocast=self.autocast)
+                                   prefix=split, autocast=self.autocast, loader=self.eval_loaders.get(split))
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, log_state: dict[str, Any]) -> dict[str, Any]:
@@ -637,7 +721,9 @@ class TrainRecipe:
         self.last_metrics = state.get("metrics", {})
         if state.get("log") is not None:
             self.log.load_state_dict(state["log"])
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        # Epochs count from 1 for people, as on the progress bar: the epoch the run continues in.
+        log.info("resumed from %s at step %d (epoch %d/%d, batch %d of it)", path, self.step,
+                 min(self.epoch + 1, self.trainer.max_epochs), self.trainer.max_epochs, self.batch_in_epoch)
         return path
 
     # ------------------------------------------------------------------ end of run
@@ -655,15 +741,22 @@ class TrainRecipe:
             "train_seconds": seconds,
             "parameters": count_parameters(self.model),
             "world_size": self.dist.world_size,
+            # The best checkpoint on the test split (trainer.test), keyed test/loss/<task>, test/<task>/<metric>.
+            "test": self.test_metrics,
         }
         if not self.dist.is_main:
             return
         fileio.write_json(self.output_dir / "metrics.json", result)  # atomic: never a torn file
-        self.tb.hparams(hparams_of(self.cfg, self.trainer), {f"best/{k}": v for k, v in self.best["metrics"].items()})
+        # The HParams session: the settings, and the best epoch's metrics at its step.
+        self.tb.hparams(hparams_of(self.cfg, self.trainer, list(self.tasks), list(self.data.modalities)),
+                        self.best["metrics"], step=int(self.best["step"] or 0))
         self.tb.close()
         table = format_results(self.best["metrics"], list(self.tasks), title=(
             f"best epoch {self.best['epoch']} of {self.epoch} ({self.trainer.monitor} = {self.best['value']:.4f})"))
-        log.info("results (validation)\n%s", table)
+        test = self.test_metrics
+        if test:
+            table += "\n" + format_results(test, list(self.tasks), title="test split, best checkpoint")
+        log.info("results (validation%s)\n%s\nrun folder: %s", ", test" if test else "", table, self.output_dir)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -672,12 +765,36 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def hparams_of(cfg: DictConfig, t: TrainerConfig) -> dict[str, Any]:
-    """A flat dict of the run's main choices, for TensorBoard's HParams tab."""
-    h: dict[str, Any] = {"seed": cfg.seed, "batch_size": t.batch_size, "precision": t.precision,
-                         "max_epochs": t.max_epochs, "lr": float(cfg.optimizer.get("lr", float("nan")))}
+def component_name(node: Any) -> str:
+    """A component's name for people: the config name of a built-in one (its module's name, e.g. ``upgrad``),
+    with its ``model_name`` when it has one (``timm(resnet18)``); else the class or function (``AdamW``)."""
+    target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+    parts = target.split(".")
+    # mtmm_train.<family>.<name>.<Class>: one module per config (e.g. mtmm_train.balancers.upgrad.UPGrad).
+    name = parts[-2] if target.startswith("mtmm_train.") and len(parts) > 3 else parts[-1]
+    model_name = node.get("model_name") if isinstance(node, DictConfig) else None
+    return f"{name}({model_name})" if isinstance(model_name, str) else name
+
+
+def hparams_of(cfg: DictConfig, t: TrainerConfig, tasks: list[str] | None = None,
+               modalities: list[str] | None = None) -> dict[str, Any]:
+    """A flat dict of the run's main choices, for TensorBoard's HParams tab: the dataset (its config name, and
+    its manifest when it has one), the tasks and modalities trained, the encoder of each modality, the fusion,
+    the multi-task architecture, the balancer and the main trainer settings."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    h: dict[str, Any] = {"dataset": str(choices.get("dataset") or component_name(cfg.dataset))}
+    if cfg.dataset.get("manifest") is not None:
+        h["dataset.manifest"] = str(cfg.dataset.manifest)
+    h["tasks"] = ",".join(tasks if tasks is not None else cfg.get("tasks") or [])
+    h["modalities"] = ",".join(modalities if modalities is not None else cfg.get("modalities") or [])
+    for m in modalities if modalities is not None else cfg.model.encoders:
+        h[f"encoder/{m}"] = component_name(cfg.model.encoders.get(m))
     for key in ("fusion", "mtl", "balancer", "optimizer", "scheduler"):
-        h[key] = str(cfg[key].get("_target_", "")).rsplit(".", 1)[-1]
+        h[key] = component_name(cfg[key])
+    h.update({"seed": cfg.seed, "batch_size": t.batch_size, "precision": t.precision, "max_epochs": t.max_epochs,
+              "lr": float(cfg.optimizer.get("lr", float("nan")))})
     return h
 
 

@@ -5,6 +5,7 @@ loop over the same model, data and optimizer, alternating in one process (machin
     python scripts/benchmark.py --configs reference_small reference_large --modes fp32 tf32 bf16 bf16+compile
     python scripts/benchmark.py --suite fusion balancers     # the fusion and balancer cost tables
     python scripts/benchmark.py --suite ablations --configs reference_small --modes bf16   # each technique off/on
+    python scripts/benchmark.py --suite feature_cache      # frozen ViT/ResNet + BERT: epoch time, cache vs recompute
 
 Each config is a list of overrides (named presets, or ``--override``). The recipe side runs
 exactly what the training loop runs per step (``TrainRecipe.train_step``); the hand side is what
@@ -39,11 +40,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtmm-benchmark"), help="scratch folder of the runs")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument("--suite", nargs="+", default=["recipe"],
-                        choices=["recipe", "fusion", "balancers", "ablations"],
+                        choices=["recipe", "fusion", "balancers", "ablations", "feature_cache"],
                         help="recipe: recipe vs hand loop; fusion: parameters, step time and memory per fusion at "
                              "2/3/4 modalities (also scripts/bench_fusion.py); balancers: step time vs static "
                              "weights for 2/4/8 tasks in both Jacobian spaces (also scripts/bench_balancers.py); "
-                             "ablations: each speed technique off and on")
+                             "ablations: each speed technique off and on; feature_cache: epoch time of frozen "
+                             "backbones served from the feature cache vs recomputed")
     parser.add_argument("--techniques", nargs="+", default=None,
                         help=f"ablations to run: {', '.join(bench.TECHNIQUES)} (default: all)")
     args = parser.parse_args(argv)
@@ -61,6 +63,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print()
         bench.print_ablation_table(rows)
         bench.write_json(args.json, {"ablations": rows})
+    if "feature_cache" in args.suite:
+        args.out.mkdir(parents=True, exist_ok=True)
+        bert = bench.tiny_bert(args.out / "bert")
+        text = ["encoder@model.encoders.text=hf", f"model.encoders.text.model_name={bert}",
+                "model.encoders.text.pretrained=false", "dataset.vocab_size=100"]
+        rows = bench.run_jobs(({"config": name}, functools.partial(
+            bench.feature_cache_bench, name, overrides + text + args.override, ["image", "text"], args.rounds,
+            args.out)) for name, overrides in bench.FEATURE_CACHE_CONFIGS.items()
+            if name in args.configs or args.configs == parser.get_default("configs"))
+        print()
+        bench.print_feature_cache_table(rows)
+        bench.write_json(args.json, {"feature_cache": rows})
     if "recipe" not in args.suite:
         return []
     modes = args.modes or (list(bench.MODES) if cuda else ["fp32"])

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from mtmm_train.benchmarking import every_balancer
-from mtmm_train.report import baseline_metrics, group, load_jobs, report
+from mtmm_train.report import baseline_metrics, cell, group, load_jobs, report
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["category", "match", "tags", "score"]
@@ -46,11 +46,10 @@ def sparse_table(single: Path, multi: Path) -> str:
     keys = [k for k in baseline_metrics(single) if k.startswith(f"val/{SPARSE}/")]
     rows = [(f"single-task ({r.config})", r) for r in group(load_jobs(single)[0]) if SPARSE in r.config]
     rows += [(r.config, r) for r in group(load_jobs(multi)[0])]
-    lines = ["| runs | seeds | " + " | ".join(k.removeprefix("val/") for k in keys) + " |",
+    lines = ["| runs | n | " + " | ".join(k.removeprefix("val/") for k in keys) + " |",
              "|" + " --- |" * (len(keys) + 2)]
     for name, row in rows:
-        cells = [f"{m:.4f} ± {s:.4f}" for m, s in (row.mean_std(k) for k in keys)]
-        lines.append(f"| {name} | {len(row.seeds)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(row.seeds)} | " + " | ".join(cell(row, k) for k in keys) + " |")
     return "\n".join(lines)
 
 

@@ -389,8 +389,10 @@ def test_aggregators_train_in_the_recipe_in_bf16_and_on_a_single_task(tmp_path: 
     from conftest import train
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from mtmm_train.tensorboard import event_dir
+
     def weights(folder: Path, task: str) -> list[float]:
-        acc = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+        acc = EventAccumulator(str(event_dir(folder)), size_guidance={"scalars": 0})
         acc.Reload()
         return [e.value for e in acc.Scalars(f"train/weight/{task}")]
 

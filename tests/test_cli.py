@@ -77,7 +77,7 @@ def test_two_job_sweep_and_report(tmp_path: Path) -> None:
     assert "| fusion=concat | 1 |" in proc.stdout and "| fusion=sum | 1 |" in proc.stdout
     assert (sweep / "report.md").is_file()
     csv_lines = (sweep / "report.csv").read_text().splitlines()
-    assert len(csv_lines) == 3 and csv_lines[0].startswith("configuration,seeds,monitor_mean,monitor_std")
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("configuration,n,monitor_mean,monitor_std")
 
 
 def test_report_on_a_folder_without_runs_is_a_clear_error(tmp_path: Path) -> None:

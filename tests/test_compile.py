@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtmm_train.model import CompiledRepresentation
 from mtmm_train.recipe import TrainRecipe
+from mtmm_train.tensorboard import event_dir
 
 SMALL = ["modalities=[tabular]", "trainer.limit_train_batches=4"]
 
@@ -26,7 +27,7 @@ def parameters(recipe: TrainRecipe) -> torch.Tensor:
 
 
 def scalar_tags(run: Path) -> set[str]:
-    acc = EventAccumulator(str(run / "tensorboard"))
+    acc = EventAccumulator(str(event_dir(run)))
     acc.Reload()
     return set(acc.Tags()["scalars"])
 

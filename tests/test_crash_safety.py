@@ -14,6 +14,7 @@ from conftest import HANG_GUARD_S, ROOT, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtmm_train import checkpoint
+from mtmm_train.tensorboard import event_dir
 
 # 16 steps an epoch, 2 epochs; last.pt every 5 steps and at each epoch's end (after best.pt).
 # Checkpoint writes, in order: 1 last@5, 2 last@10, 3 last@15, 4 best@16, 5 last@16, 6 last@20,
@@ -51,7 +52,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def train_log(run: Path) -> dict[str, list[tuple[int, float]]]:
     """The training log's (step, value) pairs of a loss and a weight tag."""
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    events = EventAccumulator(str(event_dir(run)), size_guidance={"scalars": 0}).Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in ("train/loss/total",
                                                                               "train/weight/category")}
 

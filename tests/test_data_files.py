@@ -159,7 +159,8 @@ def test_readers_give_the_documented_shapes_kinds_and_masks(dataset_dir: Path) -
     assert train.labeled["colour"].tolist() == [i % 7 != 0 for i in rows]
     assert not train.inputs["audio"][~train.present["audio"]].any()  # absent: zeros
     # The image's dominant colour is its class; classes sort alphabetically (blue, green, red).
-    colour = train.inputs["image"].mean((2, 3)).argmax(1)
+    assert train.inputs["image"].dtype == torch.uint8  # pixels as stored; encoders make them floats
+    colour = train.inputs["image"].float().mean((2, 3)).argmax(1)
     assert torch.equal(colour, torch.tensor([i % 3 for i in rows]))
     lab = train.labeled["colour"]
     assert torch.equal(train.targets["colour"][lab], torch.tensor([[2, 1, 0][i % 3] for i in rows])[lab])

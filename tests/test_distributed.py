@@ -18,6 +18,7 @@ from conftest import HANG_GUARD_S, ROOT, compose_cfg, run_cli, train
 from mtmm_train import resolvers
 from mtmm_train.data import InMemoryLoader
 from mtmm_train.instantiate import build
+from mtmm_train.tensorboard import event_dir
 
 # No BatchNorm: torch's SyncBatchNorm is GPU-only, and per-rank batch statistics differ from the
 # global batch's. Dropout-free, so two processes must match one process to float rounding.
@@ -71,7 +72,7 @@ def test_two_processes_match_one_process_with_the_global_batch(balancer: list[st
     assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra_rank1" / "config.yaml").is_file()
     assert "(rank 1 of 2)" in (run / "mtmm-train_rank1.log").read_text()
     assert "(rank 1 of 2)" not in done.stdout + done.stderr  # rank 1: warnings only on the console
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list(event_dir(run).glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
 

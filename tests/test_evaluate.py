@@ -146,3 +146,23 @@ def test_robustness_score() -> None:
 def test_config_schema_rejects_typos() -> None:
     with pytest.raises(Exception, match="nois"):
         OmegaConf.merge(OmegaConf.structured(EvalConfig), {"nois": [1.0]})
+
+
+def test_without_corruptions_plain_metrics_and_no_nan(trained: Path, tmp_path: Path) -> None:
+    result = evaluate_checkpoint(EvalConfig(checkpoint=str(trained), subsets=False, noise=[], zero=[], drop=[],
+                                            plot=True), tmp_path)
+    assert result["robustness"] == {} and result["corruptions"] == []
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["metrics"] == result["clean"] and math.isfinite(written["metrics"]["category/accuracy"])
+    text = (tmp_path / "robustness.md").read_text() + (tmp_path / "metrics.md").read_text()
+    assert "nan" not in text and "| mean |" not in text and "| category | loss " in text
+    assert not (tmp_path / "robustness.png").exists()  # nothing to plot
+
+
+def test_training_evaluates_the_best_checkpoint_on_the_test_split(trained: Path) -> None:
+    metrics = json.loads((trained.parent.parent / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"test/loss/total", "test/category/accuracy", "test/score/r2"}
+    clean = evaluate_checkpoint(EvalConfig(checkpoint=str(trained), subsets=False, noise=[], zero=[], drop=[],
+                                           plot=False), trained.parent.parent / "eval_test")["clean"]
+    for k, v in clean.items():  # mtmm-eval of best.pt on the test split: the same numbers
+        assert metrics["test"][f"test/{k}"] == pytest.approx(v, abs=1e-6), k

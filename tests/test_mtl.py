@@ -17,6 +17,7 @@ from mtmm_train.balancers.base import BalanceContext
 from mtmm_train.errors import UserError
 from mtmm_train.instantiate import build
 from mtmm_train.mtl import MTLArchitecture
+from mtmm_train.tensorboard import event_dir
 
 TASKS = ["a", "b", "c"]
 ARCHITECTURES = config_names("mtl")
@@ -113,7 +114,7 @@ def test_each_architecture_trains_in_the_recipe_and_logs_its_gates(name: str, ba
     recipe = train(tmp_path, [f"mtl={name}", f"balancer={balancer}", "trainer.limit_train_batches=4",
                               "logger.log_every_n_steps=2", "logger.grad_cosine_every_n_steps=2"])
     assert math.isfinite(recipe.best["value"])
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(event_dir(tmp_path)), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     tasks = list(recipe.tasks)

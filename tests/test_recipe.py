@@ -18,12 +18,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtmm_train.errors import UserError
 from mtmm_train.recipe import Preempted, TrainRecipe
+from mtmm_train.tensorboard import event_dir
 
 TASKS = ("category", "match", "tags", "score")
 
 
 def scalars(folder: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(event_dir(folder)), size_guidance={"scalars": 0})
     acc.Reload()
     return acc
 
@@ -39,12 +40,13 @@ def test_tensorboard_has_a_tag_per_task_with_one_point_per_step_or_epoch(tmp_pat
     for key in ("val/category/accuracy", "val/category/f1_macro", "val/match/auroc", "val/tags/auroc",
                 "val/score/mae", "val/score/rmse", "val/score/r2"):
         assert len(acc.Scalars(key)) == 2, key
-    assert {"train/loss/total", "lr", "perf/samples_per_s", "val/loss/total"} <= tags
+    assert {"train/loss/total", "train/lr", "train/samples_per_s", "val/loss/total"} <= tags
     assert not any(t.startswith("train/grad_cosine/") for t in tags)  # off unless asked for
     assert [e.step for e in acc.Scalars("val/loss/total")] == [3, 6]
-    # The hparams live in the same run folder: no extra timestamped subfolder.
-    assert [p.name for p in (tmp_path / "tensorboard").iterdir() if p.is_dir()] == []
-    assert acc.summary_metadata  # hparams plugin data (the HParams tab)
+    # One run, named after the run folder; the hparams and best values in its `best` subfolder, no card of their own.
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == [tmp_path.name]
+    assert [p.name for p in event_dir(tmp_path).iterdir() if p.is_dir()] == ["best"]
+    assert not any(t.startswith("best/") for t in tags)
     assert recipe.step == 6
 
 
@@ -130,15 +132,16 @@ def test_gradient_accumulation_equals_one_batch_of_all_its_samples(tmp_path: Pat
             "trainer.gradient_clip_norm=null", "logger.progress_bar=false", "logger.log_every_n_steps=1"]
     one = train(tmp_path / "one", base + ["trainer.batch_size=96"], tiny=False)
     acc = train(tmp_path / "acc", base + ["trainer.batch_size=32", "trainer.accumulate_grad_batches=3"], tiny=False)
-    assert one.step == acc.step == 5
+    # 512 = 5 x 96 + 32: the last step is one micro-batch of 32 (trainer.drop_last=false), weighted as one batch.
+    assert one.step == acc.step == 6
     params = [torch.cat([p.detach().flatten() for p in r.model.parameters()]) for r in (one, acc)]
     assert torch.allclose(*params, atol=1e-6)
     logged = []
     for run in ("one", "acc"):
-        events = EventAccumulator(str(tmp_path / run / "tensorboard"))
+        events = EventAccumulator(str(event_dir(tmp_path / run)))
         events.Reload()
         logged.append([e.value for t in ("score", "category") for e in events.Scalars(f"train/loss/{t}")])
-    assert len(logged[0]) == 10 and logged[0] == pytest.approx(logged[1], rel=1e-5)
+    assert len(logged[0]) == 12 and logged[0] == pytest.approx(logged[1], rel=1e-5)
 
 
 def test_early_stopping(tmp_path: Path) -> None:

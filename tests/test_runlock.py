@@ -21,6 +21,7 @@ from conftest import HANG_GUARD_S, ROOT, TINY, run_cli, train
 
 from mtmm_train import runlock
 from mtmm_train.errors import UserError
+from mtmm_train.tensorboard import event_dir
 
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
@@ -126,7 +127,7 @@ def test_two_real_runs_in_one_folder_the_second_is_refused_the_first_finishes(tm
     # Everything in the folder is the first run's: its overrides, results, and one TensorBoard file.
     assert (run / ".hydra" / "overrides.yaml").read_text().count("seed=1") == 1
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list(event_dir(run).glob("events.out.tfevents.*"))) == 1
     assert not (run / runlock.LOCK_NAME).exists()
 
 

@@ -28,10 +28,10 @@ def the_sweep_folder(log_dir: Path) -> Path:
 
 
 def report_rows(sweep: Path, cwd: Path) -> list[str]:
-    """Run ``mtmm-report`` on ``sweep``; return the table's data rows."""
+    """Run ``mtmm-report`` on ``sweep``; return the table's data rows (the notes under it aside)."""
     proc = run_cli([str(sweep)], cwd=cwd, module="mtmm_train.report")
     assert proc.returncode == 0, proc.stderr
-    return proc.stdout.splitlines()[2:]
+    return [line for line in proc.stdout.splitlines()[2:] if line.startswith("| ")]
 
 
 def test_joblib_launcher_runs_the_jobs_in_parallel(tmp_path: Path) -> None:

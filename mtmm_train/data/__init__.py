@@ -1,7 +1,7 @@
 """Datasets (each returns a :class:`MultiModalData`) and the loaders that batch them."""
 
-from mtmm_train.data.base import MultiModalData, TensorSplit
+from mtmm_train.data.base import FileSplit, MultiModalData, TensorSplit
 from mtmm_train.data.dataloader import StreamingLoader
 from mtmm_train.data.loader import InMemoryLoader
 
-__all__ = ["InMemoryLoader", "MultiModalData", "StreamingLoader", "TensorSplit"]
+__all__ = ["FileSplit", "InMemoryLoader", "MultiModalData", "StreamingLoader", "TensorSplit"]

@@ -2,8 +2,10 @@
 
 Decoding thousands of images or audio clips takes minutes; loading the tensors back takes a
 fraction of a second. The key hashes the manifest's bytes together with every setting that
-changes the tensors (readers, splits, seed) and the path, size and modification time of every
-file the manifest names, so editing any of them builds a new entry.
+changes the tensors (readers, splits; the seed only where it draws the split) and the path, size
+and modification time of every file the manifest names, so editing any of them builds a new
+entry. Entries are compact (images ``uint8``) and written atomically (a temporary file, fsync,
+rename), so a reader never sees half an entry.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ __all__ = ["CACHE_VERSION", "cache_key", "file_digest", "load_cached", "save_cac
 
 log = logging.getLogger("mtmm_train")
 
-CACHE_VERSION = 2  # bump when the decoding code changes what it produces (2: entries keep `learned`)
+# Bump when the decoding code changes what it produces (2: entries keep `learned`; 3: images as uint8,
+# decoded by bit depth, EXIF-rotated; entries keep each sample's manifest row).
+CACHE_VERSION = 3
 
 
 def file_digest(path: Path) -> str:
@@ -54,8 +58,8 @@ def save_cached(path: Path, data: MultiModalData) -> None:
         "modalities": [asdict(s) for s in data.modalities.values()],
         "tasks": [asdict(s) for s in data.tasks.values()],
         "learned": data.learned,
-        "splits": {k: {"inputs": s.inputs, "present": s.present, "targets": s.targets, "labeled": s.labeled}
-                   for k, s in data.splits.items()},
+        "splits": {k: {"inputs": s.inputs, "present": s.present, "targets": s.targets, "labeled": s.labeled,
+                       "rows": s.rows} for k, s in data.splits.items()},
     }
     fileio.save_torch(payload, path)
 
@@ -85,9 +89,10 @@ def load_cached(path: Path, mmap: bool = False) -> MultiModalData | None:
     except Exception as e:  # a truncated or foreign file: rebuild rather than fail
         log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", path, str(e).splitlines()[0][:120])
         return None
-    modalities = {d["name"]: ModalitySpec(d["name"], tuple(d["shape"]), d["kind"], d["vocab_size"])
+    modalities = {d["name"]: ModalitySpec(d["name"], tuple(d["shape"]), d["kind"], d["vocab_size"],
+                                          d.get("info") or {})
                   for d in payload["modalities"]}
     tasks = {d["name"]: TaskSpec(d["name"], d["kind"], d["dim"]) for d in payload["tasks"]}
-    splits = {k: TensorSplit(s["inputs"], s["present"], s["targets"], s["labeled"])
+    splits = {k: TensorSplit(s["inputs"], s["present"], s["targets"], s["labeled"], s.get("rows"))
               for k, s in payload["splits"].items()}
     return MultiModalData(modalities, tasks, splits, payload.get("learned") or {})

@@ -1,13 +1,16 @@
 """Streams a split from host memory through DataLoader workers, pinned memory and non-blocking copies.
 
 For data that does not fit on the device (or, memory-mapped from the cache, not even in host
-memory). Workers gather whole batches by index, as :class:`InMemoryLoader` does, so there is
-no per-sample collate; the order of epoch ``e`` depends only on ``(seed, e)``, as there.
+memory), and for a :class:`~mtmm_train.data.base.FileSplit`, whose workers decode the files of each
+batch. Workers gather whole batches by index, as :class:`InMemoryLoader` does, so there is
+no per-sample collate; the order of epoch ``e`` depends only on ``(seed, e)``, as there, and so
+do the per-sample transforms (seeded by sample, not by worker).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,9 +18,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mtmm_train.batch import Batch
-from mtmm_train.data.base import TensorSplit
+from mtmm_train.data.base import FileSplit, TensorSplit
 from mtmm_train.data.loader import InMemoryLoader
-from mtmm_train.errors import check
+from mtmm_train.errors import UserError, check
 
 __all__ = ["StreamingLoader"]
 
@@ -34,32 +37,39 @@ def _tensor(x: np.ndarray, pin: bool) -> Tensor:
 
 
 class _Batches(Dataset):
-    """Item ``index`` (sample ids) is the whole batch, as NumPy arrays.
+    """Item ``(epoch, index)`` (sample ids) is the whole batch, as NumPy arrays.
 
     Arrays cross the process boundary by value (one pipe write per batch), where tensors would
     each take a shared-memory segment and a file descriptor: 100x slower for small batches.
+    A user error (a file that cannot be decoded) comes back as ``{"error": message}``, so the
+    training process reports it in one line rather than as a worker's traceback.
     """
 
-    def __init__(self, split: TensorSplit) -> None:
+    def __init__(self, split: TensorSplit | FileSplit) -> None:
         self.split = split
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        b = self.split.batch(torch.from_numpy(index))
+    def __getitem__(self, item: tuple[int | None, np.ndarray]) -> dict[str, Any]:
+        epoch, index = item
+        try:
+            b = self.split.batch(torch.from_numpy(index), epoch)
+        except UserError as e:
+            return {"error": str(e)}
         return {f: {k: v.numpy() for k, v in getattr(b, f).items()} for f in FIELDS}
 
 
 class _EpochBatches:
-    """The index batches of one epoch, from batch ``start`` on (set before each iteration)."""
+    """The index batches of one epoch, from batch ``start`` on (set before each iteration), with the
+    epoch the transforms see (None: evaluation)."""
 
-    def __init__(self, order: InMemoryLoader) -> None:
-        self.order, self.epoch, self.start = order, 0, 0
+    def __init__(self, order: InMemoryLoader, train: bool) -> None:
+        self.order, self.epoch, self.start, self.train = order, 0, 0, train
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[tuple[int | None, np.ndarray]]:
         for index in self.order.indices(self.epoch, self.start):
-            yield index.numpy()
+            yield (self.epoch if self.train else None), index.numpy()
 
     def __len__(self) -> int:
         return max(0, len(self.order) - self.start)
@@ -69,7 +79,7 @@ class StreamingLoader:
     """Same interface as :class:`~mtmm_train.data.loader.InMemoryLoader`: ``epoch(e, start)``.
 
     Args:
-        split: the data, in host memory (not moved to the device).
+        split: the data, in host memory (not moved to the device), or a FileSplit.
         batch_size: samples per batch.
         shuffle: draw a new permutation each epoch.
         drop_last: drop the last incomplete batch.
@@ -81,26 +91,35 @@ class StreamingLoader:
         pin_memory: page-lock batches so the copy to a CUDA device overlaps compute.
         prefetch_factor: batches each worker prepares ahead.
         persistent_workers: keep the workers alive between epochs.
+        train: training batches (per-sample transforms with ``train=True`` and the epoch); False:
+            evaluation.
+        global_batches, min_last: how the training batches are cut, as in
+            :class:`~mtmm_train.data.loader.InMemoryLoader`.
     """
 
-    def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                 num_workers: int = 2, pin_memory: bool = True,
-                 prefetch_factor: int = 2, persistent_workers: bool = True) -> None:
+    def __init__(self, split: TensorSplit | FileSplit, batch_size: int, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", num_workers: int = 2, pin_memory: bool = True,
+                 prefetch_factor: int = 2, persistent_workers: bool = True, train: bool = False,
+                 global_batches: bool | None = None, min_last: int = 1) -> None:
         check(isinstance(num_workers, int) and num_workers >= 0,
               f"loader.num_workers must be an integer >= 0, found {num_workers!r}")
         check(prefetch_factor >= 1, f"loader.prefetch_factor must be >= 1, found {prefetch_factor}")
         self.device = torch.device(device)
         # The permutations come from InMemoryLoader on the host, so both loaders see one order.
-        self.index = InMemoryLoader(split.to("cpu"), batch_size, shuffle, drop_last, seed, rank, world_size)
+        self.index = InMemoryLoader(split.to("cpu"), batch_size, shuffle, drop_last, seed, rank, world_size,
+                                    global_batches=global_batches, min_last=min_last)
         self.batch_size = batch_size
-        self.sampler = _EpochBatches(self.index)
+        self.sampler = _EpochBatches(self.index, train)
         self.pin = pin_memory and self.device.type == "cuda"
         workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
         # batch_size=None: each sampler item is a whole index batch, gathered in one call;
         # collate_fn=identity: the arrays stay arrays (no per-sample collate, no conversion).
+        # generator: the workers' seeds come from it, not from the global random state, which the
+        # model's initialisation and modality dropout draw from (no loader may shift those).
         self.loader = DataLoader(_Batches(self.index.split), batch_size=None, sampler=self.sampler,
-                                 num_workers=num_workers, collate_fn=_identity, **workers)
+                                 num_workers=num_workers, collate_fn=_identity, generator=torch.Generator(),
+                                 **workers)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -109,6 +128,8 @@ class StreamingLoader:
         """Iterate the batches of ``epoch``, skipping the first ``start`` (resume)."""
         self.sampler.epoch, self.sampler.start = epoch, start
         for arrays in self.loader:
+            if "error" in arrays:
+                raise UserError(arrays["error"])
             # Page-locked host memory lets the copy to the GPU run without blocking this thread.
             d = {f: {k: _tensor(v, self.pin) for k, v in arrays[f].items()} for f in FIELDS}
             yield Batch(d["inputs"], d["present"], d["targets"], d["labeled"]).to(self.device, non_blocking=True)

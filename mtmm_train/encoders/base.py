@@ -29,10 +29,19 @@ class Encoder(nn.Module):
     """
 
     out_dim: int
-    #: The pretrained network inside, if any: the module that ``adapter: lora`` wraps and that
-    #: ``freeze`` / ``layer_decay`` / ``gradient_checkpointing`` act on (None: a from-scratch encoder,
-    #: whose whole self is the "backbone" for freezing).
-    backbone: nn.Module | None = None
+
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The pretrained network inside, if any: the module that ``adapter: lora`` wraps and that ``freeze`` /
+        ``layer_decay`` / ``gradient_checkpointing`` act on (None: a from-scratch encoder, whose whole self is
+        the "backbone" for freezing). A subclass sets it as ``self.backbone = module`` (a registered
+        submodule, which this property reads: a plain class attribute would shadow it)."""
+        return self._modules.get("backbone")
+
+    #: Encode only the rows where the modality is present (absent rows: zeros, masked by the fusion), at the
+    #: cost of one host read per step (:func:`mtmm_train.model.encode_present`). None: True for a backbone
+    #: encoder (``backbone`` set), False otherwise.
+    skip_absent: bool | None = None
 
     @classmethod
     def preprocessing(cls, settings: dict[str, Any]) -> Preprocessing:
@@ -120,7 +129,7 @@ def as_unit_float(x: Tensor) -> Tensor:
     return x
 
 
-SUGGESTED = {"image": "cnn", "sequence": "conv1d", "tokens": "embedding_bag", "vector": "mlp"}
+SUGGESTED = {"image": "cnn", "sequence": "conv1d", "tokens": "embedding_bag", "vector": "mlp", "video": "frames"}
 
 
 def mlp(dims: list[int], dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders.base import Encoder, check_sizes
+from mtmm_train.encoders.base import Encoder, as_unit_float, check_sizes
 
 
 class CNNEncoder(Encoder):
@@ -46,7 +46,8 @@ class CNNEncoder(Encoder):
 
     def features(self, x: Tensor) -> Tensor:
         """The last feature map ``(B, C', H', W')``."""
-        return self.net(x.contiguous(memory_format=self.memory_format))
+        # uint8 pixels (files, compact caches) -> [0, 1] floats first, on the device
+        return self.net(as_unit_float(x).contiguous(memory_format=self.memory_format))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.features(x).mean((2, 3)))  # (B, D): pooling commutes with the projection

@@ -10,6 +10,7 @@ from mtmm_train.data.readers.multilabel import MultiLabel
 from mtmm_train.data.readers.numeric import NumericReader
 from mtmm_train.data.readers.regression import NumericTarget
 from mtmm_train.data.readers.text import TextReader
+from mtmm_train.data.readers.video import VideoReader
 
 __all__ = [
     "ArrayReader",
@@ -26,4 +27,5 @@ __all__ = [
     "Reader",
     "TargetReader",
     "TextReader",
+    "VideoReader",
 ]

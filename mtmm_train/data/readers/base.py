@@ -15,6 +15,7 @@ one of their settings), and the dataset names the key (``dataset.modalities.phot
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 from collections import Counter
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtmm_train.batch import ModalitySpec, TaskSpec
 from mtmm_train.data.manifest import Table, is_empty
-from mtmm_train.errors import ComponentError
+from mtmm_train.errors import ComponentError, SettingError
 
 UNSEEN_POLICIES = ("error", "ignore")
 MAX_LISTED = 3  # problems named in an error message; the rest are counted
@@ -100,6 +101,11 @@ class Reader(Generic[S]):
         """The manifest columns this reader needs (checked to exist before :meth:`read`)."""
         return [self.column]
 
+    def columns_in(self, available: list[str]) -> list[str]:
+        """The columns this reader reads from a manifest whose columns are ``available``: :meth:`columns`,
+        with column patterns expanded (:func:`expand_columns`) by readers that take several columns."""
+        return self.columns()
+
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[S]:
         """Read every row of ``table``: values, presence mask, spec and what was learned, together.
 
@@ -113,7 +119,30 @@ class Reader(Generic[S]):
 
 
 class ModalityReader(Reader[ModalitySpec]):
-    """A reader whose column is an input modality: :meth:`read` returns a :class:`ModalitySpec`."""
+    """A reader whose column is an input modality: :meth:`read` returns a :class:`ModalitySpec`.
+
+    A file reader that also has a per-file ``decode(path) -> Tensor`` can stream
+    (``dataset.storage=stream``): each sample is decoded when its batch is made, in DataLoader
+    workers, instead of all at once by :meth:`read` (:attr:`streams`).
+    """
+
+    @property
+    def streams(self) -> bool:
+        """True: this reader decodes one file at a time (``decode(path)``), so its modality can stream."""
+        return self.reads_files and callable(getattr(self, "decode", None))
+
+    def sample_transform(self, train: bool) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+        """A per-sample transform applied to each present sample as its batch is made; None: none.
+
+        The contract (docs/design.md, "Dataset"): called once per batch per modality, with
+        ``train=True`` for training batches and ``train=False`` for evaluation (which must be
+        deterministic). The callable takes one sample ``x`` (the modality's shape and dtype, e.g.
+        ``(C, H, W)`` ``uint8``) and a ``torch.Generator`` seeded from ``(seed, epoch, manifest row)``
+        only (:func:`mtmm_train.data.base.sample_seed`), draws every random number from that
+        generator, and returns a tensor of the same shape and dtype. It runs in DataLoader workers
+        when streaming, on the host (or the split's device in memory): it must be picklable.
+        """
+        return None
 
 
 class TargetReader(Reader[TaskSpec]):
@@ -174,8 +203,13 @@ class _Cells(Dataset):
             return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
 
 
-def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadContext, what: str) -> list[Tensor]:
+def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadContext, what: str,
+                 rows: list[int] | None = None, column: str | None = None) -> list[Tensor]:
     """Decode every file with ``fn`` in DataLoader workers; fail listing the unreadable ones.
+
+    The DataLoader draws its workers' seeds from a generator of its own, so decoding leaves the
+    global random state as it was (a run that decodes and one that loads the cache then build the
+    same model).
 
     Args:
         paths: the files (already known to exist).
@@ -183,6 +217,8 @@ def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadConte
             method of a picklable object).
         ctx: the read context (worker count).
         what: what the files should be, for messages (``"images"``).
+        rows: the manifest row of each path (0-based), named in messages with ``column``.
+        column: the manifest column of the paths.
 
     Returns:
         One tensor per path.
@@ -191,7 +227,7 @@ def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadConte
         ComponentError: some files could not be decoded (the first few named, all counted).
     """
     loader = DataLoader(_Cells(paths, fn), batch_size=64, num_workers=ctx.num_workers if len(paths) > 64 else 0,
-                        collate_fn=list)
+                        collate_fn=list, generator=torch.Generator())
     # One file is little work: intra-op threads only add overhead (30x on a busy 2-core machine).
     # Workers run single-threaded anyway; do the same when decoding in this process.
     threads = torch.get_num_threads()
@@ -200,17 +236,19 @@ def decode_files(paths: list[Path], fn: Callable[[Path], Tensor], ctx: ReadConte
         out: list[Tensor | str] = [x for batch in loader for x in batch]
     finally:
         torch.set_num_threads(threads)
-    bad = [(p, r) for p, r in zip(paths, out, strict=True) if isinstance(r, str)]
+    bad = [(p, r, i) for i, (p, r) in enumerate(zip(paths, out, strict=True)) if isinstance(r, str)]
     if bad:
-        listed = "; ".join(f"{p} ({r})" for p, r in bad[:MAX_LISTED])
+        listed = "; ".join(f"{p} ({where(column or 'path', rows[i], ctx.manifest) + ': ' if rows else ''}{r})"
+                           for p, r, i in bad[:MAX_LISTED])
         raise ComponentError(f"{len(bad)} of {len(paths)} files could not be read as {what}: {listed}"
                              f"{' ...' if len(bad) > MAX_LISTED else ''}; fix or replace them, or empty those cells")
     return out  # type: ignore[return-value]
 
 
-def stack_present(rows: list[Tensor | None], shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+def stack_present(rows: list[Tensor | None], shape: tuple[int, ...],
+                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Stack per-row tensors of ``shape`` (None: absent, zeros): ``(values (N, *shape), present (N,))``."""
-    values = torch.zeros(len(rows), *shape)
+    values = torch.zeros(len(rows), *shape, dtype=dtype)
     present = torch.zeros(len(rows), dtype=torch.bool)
     for i, r in enumerate(rows):
         if r is not None:
@@ -343,3 +381,57 @@ def class_ids(cells: list[Any], ctx: ReadContext, column: str) -> tuple[list[str
     ids = torch.tensor([index.get(k, 0) if k is not None else 0 for k in keys], dtype=torch.long)
     labeled = torch.tensor([k is not None and k in index for k in keys], dtype=torch.bool)
     return classes, ids, labeled
+
+
+PATTERN_CHARS = "*?["  # fnmatch wildcards
+
+
+def expand_columns(patterns: list[str], available: list[str], setting: str = "columns") -> list[str]:
+    """Column names, globs and ranges -> the manifest's columns they name, in the manifest's order.
+
+    Each entry is a column name (kept as is, even one the manifest lacks: the caller reports missing
+    columns with the manifest's list), a glob (``x*``, ``pixel_??``: :func:`fnmatch.fnmatchcase`), or a
+    range ``first:last`` of the columns from ``first`` to ``last`` in the manifest's order, both included
+    (``x1:x100``). A name that the manifest has wins over a pattern reading of it (a column called
+    ``a:b``). A column named twice is read once.
+
+    Args:
+        patterns: the reader's setting, e.g. ``["age", "x*"]`` or ``["x1:x100"]``.
+        available: the manifest's columns, in its order.
+        setting: the reader's setting, for messages.
+
+    Raises:
+        SettingError: a glob that matches no column, or a range whose end is not a column or comes first.
+    """
+    def listed() -> str:
+        return ", ".join(available[:8]) + (f", ... ({len(available)} columns)" if len(available) > 8 else "")
+
+    index = {c: i for i, c in enumerate(available)}
+    out: list[str] = []
+    seen: set[str] = set()
+    for p in patterns:
+        p = str(p)
+        if p in index:
+            names = [p]
+        elif ":" in p:
+            first, last = (s.strip() for s in p.split(":", 1))
+            ends = [e for e in (first, last) if e not in index]
+            if ends:
+                raise SettingError(setting, f"has the range '{p}', but '{ends[0]}' is not a column of the manifest; "
+                                   f"its columns: {listed()}")
+            if index[first] > index[last]:
+                raise SettingError(setting, f"has the range '{p}', but '{first}' comes after '{last}' in the "
+                                   f"manifest; write it as '{last}:{first}'")
+            names = available[index[first]:index[last] + 1]
+        elif any(ch in p for ch in PATTERN_CHARS):
+            names = [c for c in available if fnmatch.fnmatchcase(c, p)]
+            if not names:
+                raise SettingError(setting, f"has the pattern '{p}', which matches none of the manifest's columns: "
+                                   f"{listed()}")
+        else:
+            names = [p]  # a column the manifest lacks: reported with the others by the dataset
+        for n in names:
+            if n not in seen:
+                seen.add(n)
+                out.append(n)
+    return out

@@ -1,60 +1,166 @@
-"""Image files (PNG, JPEG, ... whatever Pillow opens), resized to a fixed size."""
+"""Image files (PNG, JPEG, TIFF, ... whatever Pillow opens) -> ``(C, H, W)`` uint8 pixels of one fixed size."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mtmm_train.batch import ModalitySpec
+from mtmm_train.data import augment as aug
 from mtmm_train.data.manifest import Table, is_empty
 from mtmm_train.data.optional import require
 from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, decode_files, resolve, stack_present
 from mtmm_train.errors import SettingError
 
+DEFAULT_SIZE = (32, 32)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+# Pillow modes of more than 8 bits per sample -> the largest value of their range (scaled to 255).
+HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
 
 class ImageReader(ModalityReader):
-    """A column of image paths -> ``(C, H, W)`` floats in [0, 1].
+    """A column of image paths -> ``(C, H, W)`` ``uint8`` pixels in ``[0, 255]``.
+
+    Encoders turn them into floats (``as_unit_float``: ``[0, 1]``) and normalise them themselves,
+    so one decoded (or cached) copy serves every backbone. Decoding, in order:
+
+    1. EXIF orientation is applied (a phone photo stored sideways comes out upright).
+    2. High bit depths are scaled by their real range, never by the image's own min/max: a
+       16-bit pixel 65535 -> 255, 32768 -> 128 (16-bit grayscale PNG and TIFF; 16-bit RGB PNGs
+       Pillow reduces to their high byte, the same scale). A 32-bit integer image (mode ``I``)
+       is taken as 16-bit data (TIFF: its BitsPerSample tag decides); a float image (mode ``F``)
+       as ``[0, 1]``, clipped.
+    3. Palette, CMYK, YCbCr, LAB and 1-bit images are converted to RGB (or grayscale).
+    4. Transparency (RGBA, LA, a palette's transparent colour) is composited over ``background``.
+    5. Resize to ``size`` (``crop_pct`` null: both sides, the aspect ratio not kept), or as timm's
+       evaluation does (``crop_pct`` set: the shorter side to ``size / crop_pct``, then a centre crop).
 
     Args:
         name: the modality name (passed in by the dataset).
         column: the column of paths (relative to the manifest's folder); null: ``name``.
-        size: ``[H, W]`` after resizing (bilinear; the aspect ratio is not kept).
-        channels: 1 (grayscale) or 3 (RGB).
+        size: ``[H, W]`` of every image; null: 32x32 (an encoder may fill it, e.g. 224x224).
+        interpolation: ``bilinear``, ``bicubic``, ``nearest`` or ``lanczos`` (null: bilinear).
+        crop_pct: null: plain resize; a value in ``(0, 1]``: resize then centre crop.
+        channels: 1 (grayscale) or 3 (RGB); null: 3.
+        background: the grey level ``0..255`` transparent pixels are composited over (255: white).
+        augment: train-time augmentation (``preset`` and settings, :mod:`mtmm_train.data.augment`); the
+            transform keeps ``uint8`` pixels at ``size``.
     """
 
     reads_files = True
 
-    def __init__(self, name: str, column: str | None = None, size: tuple[int, int] = (32, 32),
-                 channels: int = 3) -> None:
+    def __init__(self, name: str, column: str | None = None, size: Any = None, interpolation: str | None = None,
+                 crop_pct: float | None = None, channels: int | None = None, background: int = 255,
+                 augment: dict[str, Any] | None = None) -> None:
         super().__init__(name, column)
-        size = tuple(size)
-        if not (len(size) == 2 and all(int(s) >= 1 for s in size)):
-            raise SettingError("size", f"must be [height, width] in pixels, found {list(size)}")
+        size = DEFAULT_SIZE if size is None else tuple(size) if isinstance(size, list | tuple) else (size, size)
+        if not (len(size) == 2 and all(isinstance(s, int) and s >= 1 for s in size)):
+            raise SettingError("size", f"must be [height, width] in pixels (or null for 32x32), found {list(size)}")
+        interpolation = interpolation or "bilinear"
+        if interpolation not in INTERPOLATIONS:
+            raise SettingError("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, found '{interpolation}'")
+        if crop_pct is not None and not (isinstance(crop_pct, int | float) and 0 < crop_pct <= 1):
+            raise SettingError("crop_pct", f"must be in (0, 1] (e.g. 0.875) or null for a plain resize, found "
+                               f"{crop_pct!r}")
+        channels = 3 if channels is None else channels
         if channels not in (1, 3):
             raise SettingError("channels", f"must be 1 (grayscale) or 3 (RGB), found {channels}")
+        if not (isinstance(background, int) and 0 <= background <= 255):
+            raise SettingError("background", f"must be a grey level 0..255, found {background!r}")
         self.size = (int(size[0]), int(size[1]))
-        self.channels = channels
+        self.interpolation, self.crop_pct = interpolation, crop_pct
+        self.channels, self.background = channels, background
+        self.augment = aug.settings_for("image", augment)
+        self.augment_device = aug.augment_device(augment)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every decoded image."""
+        return (self.channels, *self.size)
 
     def decode(self, path: Path) -> Tensor:
-        """Open, convert and resize one image: ``(C, H, W)`` in [0, 1]."""
+        """Open one image and return ``(C, H, W)`` ``uint8`` pixels (the steps in the class docstring)."""
         image_mod = require("PIL.Image", "data", "reading image files", package="pillow")
+        ops = require("PIL.ImageOps", "data", "reading image files", package="pillow")
         with image_mod.open(path) as im:
-            im = im.convert("L" if self.channels == 1 else "RGB")
-            im = im.resize((self.size[1], self.size[0]), image_mod.Resampling.BILINEAR)
-            x = np.asarray(im, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
+            im = ops.exif_transpose(im)
+            im = self._to_8bit(im, image_mod)
+            im = self._resize(im, image_mod)
+            x = np.asarray(im, dtype=np.uint8)  # (H, W) or (H, W, 3)
         x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(x))
+
+    def _to_8bit(self, im: Any, image_mod: Any) -> Any:
+        """``L`` or ``RGB`` at 8 bits per sample, scaled by the bit depth, transparency composited."""
+        mode = im.mode
+        if mode in HIGH_DEPTH or mode in ("I", "F"):
+            a = np.asarray(im).astype(np.float64)
+            if mode == "F":
+                top = 1.0
+            elif mode == "I":
+                bits = getattr(im, "tag_v2", {}).get(258) if hasattr(im, "tag_v2") else None
+                bits = bits[0] if isinstance(bits, tuple) else bits
+                top = float(2 ** int(bits) - 1) if bits else 65535.0
+            else:
+                top = float(HIGH_DEPTH[mode])
+            a = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+            im = image_mod.fromarray(a, mode="L")
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+            im = im.convert("RGB")
+        elif mode == "PA":
+            im = im.convert("RGBA")
+        if im.mode in ("RGBA", "LA", "RGBa", "La"):
+            rgba = im.convert("RGBA")
+            back = image_mod.new("RGBA", rgba.size, (self.background,) * 3 + (255,))
+            im = image_mod.alpha_composite(back, rgba).convert("RGB")
+        return im.convert("L" if self.channels == 1 else "RGB")
+
+    def _resize(self, im: Any, image_mod: Any) -> Any:
+        resample = getattr(image_mod.Resampling, self.interpolation.upper())
+        h, w = self.size
+        if self.crop_pct is None:
+            return im.resize((w, h), resample) if im.size != (w, h) else im
+        scale = (math.floor(h / self.crop_pct), math.floor(w / self.crop_pct))
+        width, height = im.size
+        if scale[0] == scale[1]:  # as timm's eval transform: the shorter side to the scale, aspect kept
+            short = scale[0]
+            if width <= height:  # torchvision's Resize(int): the longer side truncated
+                new = (short, int(short * height / width))
+            else:
+                new = (int(short * width / height), short)
+        else:
+            new = (scale[1], scale[0])
+        im = im.resize(new, resample) if im.size != new else im
+        left, top = (new[0] - w) // 2, (new[1] - h) // 2
+        return im.crop((left, top, left + w, top + h))
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
         require("PIL.Image", "data", "reading image files", package="pillow")
         cells = table[self.column]
         rows = [i for i, v in enumerate(cells) if not is_empty(v)]
-        images = decode_files([resolve(ctx.root, cells[i]) for i in rows], self.decode, ctx, "images")
+        images = decode_files([resolve(ctx.root, cells[i]) for i in rows], self.decode, ctx, "images", rows=rows,
+                              column=self.column)
         out: list[Tensor | None] = [None] * len(cells)
         for i, x in zip(rows, images, strict=True):
             out[i] = x
-        shape = (self.channels, *self.size)
-        return ReadResult(*stack_present(out, shape), ModalitySpec(self.name, shape, "image"))
+        return ReadResult(*stack_present(out, self.shape, torch.uint8), self.spec())
+
+    def spec(self) -> ModalitySpec:
+        """The modality's spec, known from the settings alone."""
+        return ModalitySpec(self.name, self.shape, "image",
+                            info={"interpolation": self.interpolation, "crop_pct": self.crop_pct})
+
+    def augment_transform(self) -> aug.SampleTransform | None:
+        """The train-time augmentation, wherever it runs (None: none)."""
+        return aug.image_transform(self.augment, self.size)
+
+    def sample_transform(self, train: bool) -> aug.SampleTransform | None:
+        """Training: the augmentation, per sample (unless ``augment.device=cuda``: per batch on the device)."""
+        return self.augment_transform() if train and self.augment_device != "cuda" else None

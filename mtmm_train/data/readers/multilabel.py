@@ -14,10 +14,12 @@ from mtmm_train.data.readers.base import (
     ReadResult,
     TargetReader,
     class_key,
+    expand_columns,
+    float_cells,
     learned,
     sort_classes,
 )
-from mtmm_train.errors import KEY, ComponentError
+from mtmm_train.errors import KEY, ComponentError, SettingError
 
 EMPTY_SET = "[]"  # a cell that says "none of the labels" (an empty cell is a missing label)
 
@@ -28,15 +30,49 @@ class MultiLabel(TargetReader):
     A cell is a list (JSONL, Parquet) or text joined by ``separator`` (``cat|dog``). An empty
     cell is a missing label; write ``[]`` for a sample that has none of the labels.
 
+    Or one 0/1 column per label (``columns``): the labels are the columns' names, in the
+    manifest's order; a row whose cells are all empty is a missing label.
+
     Args:
         name: the task name (passed in by the dataset).
         column: the label column; null: ``name``.
         separator: what joins labels in a text cell.
+        columns: instead of ``column``: indicator columns (names, globs ``tag_*`` or ranges
+            ``tag_a:tag_z``, :func:`~mtmm_train.data.readers.base.expand_columns`), cells 0 or 1.
     """
 
-    def __init__(self, name: str, column: str | None = None, separator: str = "|") -> None:
+    def __init__(self, name: str, column: str | None = None, separator: str = "|",
+                 columns: list[str] | str | None = None) -> None:
         super().__init__(name, column)
         self.separator = separator
+        if columns is not None and column is not None:
+            raise SettingError("columns", f"and {KEY}.column are both set; give one: a column of label sets, or "
+                               "0/1 columns, one per label")
+        self.cols = None if columns is None else [str(c) for c in ([columns] if isinstance(columns, str)
+                                                                    else columns)]
+        if self.cols is not None and not self.cols:
+            raise SettingError("columns", "is empty; list the 0/1 label columns, e.g. [tag_*], or set it to null")
+
+    def columns(self) -> list[str]:
+        return [self.column] if self.cols is None else self.cols
+
+    def columns_in(self, available: list[str]) -> list[str]:
+        return self.columns() if self.cols is None else expand_columns(self.cols, available)
+
+    def read_indicators(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
+        """One 0/1 column per label."""
+        cols = self.columns_in(list(table))
+        y = torch.stack([float_cells(table[c], c) for c in cols], 1)  # (N, K) float64, NaN = empty
+        bad = ~torch.isnan(y) & (y != 0) & (y != 1)
+        if bad.any():
+            row, col = (int(v) for v in bad.nonzero()[0])
+            raise ComponentError(f"column '{cols[col]}' row {row + 1} holds {float(y[row, col]):g}, not 0 or 1; each "
+                                 f"of {KEY}.columns marks one label with 0 or 1 (empty: missing)")
+        labeled = ~torch.isnan(y).all(1)
+        if not (labeled & ctx.train).any():
+            raise ComponentError(f"columns {', '.join(cols[:MAX_LISTED])} have no label in the training split")
+        return ReadResult(torch.nan_to_num(y, nan=0.0).float(), labeled, TaskSpec(self.name, "multilabel", len(cols)),
+                          learned(labels=cols))
 
     def split(self, cell: Any) -> list[str]:
         """The labels of one non-empty cell."""
@@ -48,6 +84,8 @@ class MultiLabel(TargetReader):
         return [s.strip() for s in text.split(self.separator) if s.strip()]
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
+        if self.cols is not None:
+            return self.read_indicators(table, ctx)
         cells = table[self.column]
         sets = [None if is_empty(v) else self.split(v) for v in cells]
         train = ctx.train.tolist()

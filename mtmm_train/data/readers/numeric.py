@@ -6,7 +6,14 @@ import torch
 
 from mtmm_train.batch import ModalitySpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, float_cells, learned
+from mtmm_train.data.readers.base import (
+    ModalityReader,
+    ReadContext,
+    ReadResult,
+    expand_columns,
+    float_cells,
+    learned,
+)
 from mtmm_train.errors import KEY, ComponentError, SettingError
 
 
@@ -18,7 +25,9 @@ class NumericReader(ModalityReader):
 
     Args:
         name: the modality name (passed in by the dataset).
-        columns: the numeric columns, in order; null: the one column named ``name``.
+        columns: the numeric columns, in order; null: the one column named ``name``. Each entry may
+            also be a glob (``x*``) or a range of the manifest's columns (``x1:x100``, both ends
+            included), expanded in the manifest's order (:func:`~mtmm_train.data.readers.base.expand_columns`).
     """
 
     def __init__(self, name: str, columns: list[str] | str | None = None) -> None:
@@ -31,14 +40,18 @@ class NumericReader(ModalityReader):
     def columns(self) -> list[str]:
         return self.cols
 
+    def columns_in(self, available: list[str]) -> list[str]:
+        return expand_columns(self.cols, available)
+
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
-        x = torch.stack([float_cells(table[c], c) for c in self.cols], 1)  # (N, F) float64, NaN = empty
+        cols = self.columns_in(list(table))
+        x = torch.stack([float_cells(table[c], c) for c in cols], 1)  # (N, F) float64, NaN = empty
         finite = ~torch.isnan(x)
         present = finite.any(1)
         train = ctx.train.unsqueeze(1) & finite
         count = train.sum(0)
         if (count == 0).any():
-            col = self.cols[int((count == 0).nonzero()[0])]
+            col = cols[int((count == 0).nonzero()[0])]
             raise ComponentError(f"column '{col}' has no number in the training split; fill it or drop it from "
                                  f"{KEY}.columns")
         zero = torch.zeros((), dtype=x.dtype)
@@ -47,7 +60,7 @@ class NumericReader(ModalityReader):
         std = var.sqrt().clamp_min(1e-12)
         values = torch.where(finite, (x - mean) / std, zero)
         values[~present] = 0.0
-        return ReadResult(values.float(), present, ModalitySpec(self.name, (len(self.cols),), "vector"),
+        return ReadResult(values.float(), present, ModalitySpec(self.name, (len(cols),), "vector"),
                           learned(mean=mean, std=std))
 
     def __repr__(self) -> str:

@@ -6,7 +6,14 @@ import torch
 
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import ReadContext, ReadResult, TargetReader, float_cells, learned
+from mtmm_train.data.readers.base import (
+    ReadContext,
+    ReadResult,
+    TargetReader,
+    expand_columns,
+    float_cells,
+    learned,
+)
 from mtmm_train.errors import ComponentError, SettingError
 
 
@@ -36,8 +43,12 @@ class NumericTarget(TargetReader):
     def columns(self) -> list[str]:
         return self.cols
 
+    def columns_in(self, available: list[str]) -> list[str]:
+        return expand_columns(self.cols, available)
+
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
-        y = torch.stack([float_cells(table[c], c) for c in self.cols], 1)  # (N, K) float64
+        cols = self.columns_in(list(table))  # globs and ranges expanded
+        y = torch.stack([float_cells(table[c], c) for c in cols], 1)  # (N, K) float64
         labeled = ~torch.isnan(y).any(1)
         if self.log:
             bad = labeled & (y <= 0).any(1)
@@ -47,14 +58,14 @@ class NumericTarget(TargetReader):
             y = torch.log(y)
         train = labeled & ctx.train
         if not train.any():
-            raise ComponentError(f"columns {self.cols} have no number in the training split; fill them")
-        mean = y[train].mean(0) if self.standardize else torch.zeros(len(self.cols), dtype=y.dtype)
+            raise ComponentError(f"columns {cols} have no number in the training split; fill them")
+        mean = y[train].mean(0) if self.standardize else torch.zeros(len(cols), dtype=y.dtype)
         std = y[train].std(0, correction=0).clamp_min(1e-12) if self.standardize else \
-            torch.ones(len(self.cols), dtype=y.dtype)
+            torch.ones(len(cols), dtype=y.dtype)
         values = torch.where(labeled.unsqueeze(1), (y - mean) / std, torch.zeros((), dtype=y.dtype))
         values = values.float()
-        return ReadResult(values[:, 0] if len(self.cols) == 1 else values, labeled,
-                          TaskSpec(self.name, "regression", len(self.cols)), learned(mean=mean, std=std))
+        return ReadResult(values[:, 0] if len(cols) == 1 else values, labeled,
+                          TaskSpec(self.name, "regression", len(cols)), learned(mean=mean, std=std))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(columns={self.cols!r}, standardize={self.standardize}, log={self.log})"

@@ -37,23 +37,31 @@ class TextReader(ModalityReader):
     Args:
         name: the modality name (passed in by the dataset).
         column: the text column; null: ``name``.
-        max_length: tokens kept per text (longer texts are cut).
+        max_length: tokens kept per text (longer texts are cut; special tokens included); null: 32, or what the
+            modality's encoder asks for (a Hugging Face model: its maximum, see mtmm_train.preprocessing).
         min_count: least count in the training split for a word to enter the vocabulary.
         max_vocab: most words in the vocabulary.
         lowercase: lowercase before splitting into words.
         tokenizer: null (words), a ``tokenizer.json`` file (needs the ``tokenizers`` package),
             or a Hugging Face tokenizer name already in the local cache (needs ``transformers``;
             nothing is downloaded).
+        special_tokens: add the tokenizer's special tokens (``[CLS]``, ``[SEP]``, ``<s>``...); null: false
+            unless the encoder asks for them. Words have none.
+
+    The spec's ``info`` records ``tokenizer`` and ``special_tokens``, for the encoder to check.
     """
 
-    def __init__(self, name: str, column: str | None = None, max_length: int = 32, min_count: int = 1,
-                 max_vocab: int = 20000, lowercase: bool = True, tokenizer: str | None = None) -> None:
+    def __init__(self, name: str, column: str | None = None, max_length: int | None = None, min_count: int = 1,
+                 max_vocab: int = 20000, lowercase: bool = True, tokenizer: str | None = None,
+                 special_tokens: bool | None = None) -> None:
         super().__init__(name, column)
+        max_length = 32 if max_length is None else max_length
         for setting, value in (("max_length", max_length), ("min_count", min_count), ("max_vocab", max_vocab)):
             if value < 1:
                 raise SettingError(setting, f"must be >= 1, found {value}")
         self.max_length, self.min_count, self.max_vocab = max_length, min_count, max_vocab
         self.lowercase, self.tokenizer = lowercase, tokenizer
+        self.special_tokens = bool(special_tokens) and tokenizer is not None
 
     def words(self, text: str) -> list[str]:
         """Split one text into words and punctuation marks."""
@@ -74,7 +82,9 @@ class TextReader(ModalityReader):
         for i, row in enumerate(ids):
             row = row[:self.max_length]
             values[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        return ReadResult(values, present, ModalitySpec(self.name, (self.max_length,), "tokens", vocab_size=size),
+        info = {"tokenizer": self.tokenizer, "special_tokens": self.special_tokens}
+        return ReadResult(values, present, ModalitySpec(self.name, (self.max_length,), "tokens", vocab_size=size,
+                                                        info=info),
                           learned(vocab=vocab, tokenizer=self.tokenizer))
 
     def _word_ids(self, texts: list[str], ctx: ReadContext) -> tuple[dict[str, int], list[list[int]]]:
@@ -93,7 +103,7 @@ class TextReader(ModalityReader):
     def _pretrained_ids(self, texts: list[str]) -> tuple[int, list[list[int]]]:
         """The vocabulary size (padding included) and every text's ids, from the pretrained tokenizer."""
         tok = load_tokenizer(str(self.tokenizer))
-        ids = [list(encode(tok, t)) if t else [] for t in texts]
+        ids = [list(encode(tok, t, self.special_tokens, self.max_length)) if t else [] for t in texts]
         return vocab_size(tok) + 1, [[i + 1 for i in row] for row in ids]  # shift by one: 0 stays padding
 
 
@@ -130,11 +140,15 @@ def _load_tokenizer(name: str) -> Any:
                            f"run time: {str(e).splitlines()[0][:100]}); use a tokenizer.json path or null") from None
 
 
-def encode(tok: Any, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens, for either tokenizer type."""
+def encode(tok: Any, text: str, special_tokens: bool = False, max_length: int | None = None) -> list[int]:
+    """Token ids of ``text``, for either tokenizer type; with ``max_length``, truncated by the tokenizer (so the
+    closing special token stays)."""
     if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer
-        return tok.encode(text, add_special_tokens=False).ids
-    return tok.encode(text, add_special_tokens=False)
+        if max_length is not None:
+            tok.enable_truncation(max_length)
+        return tok.encode(text, add_special_tokens=special_tokens).ids
+    return tok.encode(text, add_special_tokens=special_tokens, truncation=max_length is not None,
+                      max_length=max_length)
 
 
 def vocab_size(tok: Any) -> int:
