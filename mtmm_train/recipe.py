@@ -430,9 +430,12 @@ class TrainRecipe:
             state = checkpoint.load(self.ckpt_dir / "best.pt", trusted_config=OmegaConf.to_container(self.cfg,
                                                                                                      resolve=True))
             self.model.load_state_dict(state["model"])
-        # Not in TensorBoard: one-point test/... cards would come before the training curves (TensorBoard sorts
-        # its groups by name), and as HParams columns they would push out the settings it shows by default.
-        return self.evaluate("test")
+        # In TensorBoard as a "test" run with one point on each validation card (TensorBoard.test_points): one-point
+        # test/... cards would come before the training curves (TensorBoard sorts its groups by name), and as
+        # HParams columns they would push out the settings it shows by default.
+        metrics = self.evaluate("test")
+        self.tb.test_points(metrics, int(self.best["step"] or self.step))
+        return metrics
 
     def train_step(self, window: list[Batch]) -> None:
         """One optimizer step over the micro-batches in ``window``: forward and backward, the update, and

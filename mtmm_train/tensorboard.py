@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 BEST = "best"  # the subfolder of the event folder with the HParams session and the best metrics
+TEST = "test"  # the subfolder with the best checkpoint's test-split results, on the validation curves' cards
 
 
 def run_name(run_dir: Path) -> str:
@@ -85,6 +86,20 @@ class TensorBoard:
             for tag, value in best.items():
                 writer.add_scalar(tag, value, step)
             writer.file_writer.add_summary(session_end)
+
+    def test_points(self, metrics: dict[str, float], step: int) -> None:
+        """The best checkpoint's test-split results, as one point per metric at ``step`` in the run
+        ``<log_dir>/test``, under the matching validation tag (``test/match/auroc`` on the
+        ``val/match/auroc`` card): each sits beside the curve it belongs to, and no one-point ``test/``
+        cards come before the training curves (TensorBoard sorts its card groups by name)."""
+        if self.writer is None or not metrics:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(self.log_dir / TEST)) as writer:
+            for tag, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar("val/" + tag.split("/", 1)[1] if tag.startswith("test/") else tag, value, step)
 
     def flush(self) -> None:
         """Write buffered events to disk."""

@@ -9,7 +9,7 @@ import pytest
 from conftest import train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mtmm_train.tensorboard import BEST, event_dir, run_name
+from mtmm_train.tensorboard import BEST, TEST, event_dir, run_name
 
 
 def tensorboard_app(logdir: Path):
@@ -60,16 +60,18 @@ def test_the_run_list_shows_the_run_folders(runs: tuple[Path, dict]) -> None:
     listed = tensorboard_app(sweep).get("/data/runs").get_json()
     name = sweep.name
     assert sorted(listed) == [f"0/tensorboard/{name}/0", f"0/tensorboard/{name}/0/{BEST}",
-                              f"1/tensorboard/{name}/1", f"1/tensorboard/{name}/1/{BEST}"]
+                              f"0/tensorboard/{name}/0/{TEST}", f"1/tensorboard/{name}/1",
+                              f"1/tensorboard/{name}/1/{BEST}", f"1/tensorboard/{name}/1/{TEST}"]
 
 
 def test_no_card_of_one_point_comes_before_the_training_curves(runs: tuple[Path, dict]) -> None:
     # TensorBoard groups cards by the tag's first part, sorted by name: everything under train/ and val/,
-    # and no best/... or test/... tag (the best values and test results live in the HParams table).
+    # and no best/... or test/... tag (the best values live in the HParams table, and they and the test
+    # results are points on the validation curves' cards, in the runs best/ and test/).
     sweep, recipes = runs
     for job in ("0", "1"):
         tags: set[str] = set()
-        for folder in (event_dir(sweep / job), event_dir(sweep / job) / BEST):
+        for folder in (event_dir(sweep / job), event_dir(sweep / job) / BEST, event_dir(sweep / job) / TEST):
             acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
             acc.Reload()
             tags |= set(acc.Tags()["scalars"])
@@ -85,6 +87,13 @@ def test_no_card_of_one_point_comes_before_the_training_curves(runs: tuple[Path,
     assert [(p.step, p.value) for p in point] == [(recipe.best["step"],
                                                     pytest.approx(recipe.best["metrics"]["val/match/auroc"]))]
     assert "val/loss/match" not in best.Tags()["scalars"]  # per-task losses: curves only, not table columns
+    # The best checkpoint's test results: one point per metric at the best step, on the validation card.
+    test = EventAccumulator(str(event_dir(sweep / "0") / TEST), size_guidance={"scalars": 0})
+    test.Reload()
+    assert recipe.test_metrics and len(test.Tags()["scalars"]) == len(recipe.test_metrics)
+    for key, value in recipe.test_metrics.items():
+        assert [(p.step, p.value) for p in test.Scalars("val/" + key.split("/", 1)[1])] == \
+            [(recipe.best["step"], pytest.approx(value))], key
 
 
 def test_the_hparams_table_tells_runs_apart(runs: tuple[Path, dict]) -> None:
