@@ -102,7 +102,7 @@ def test_the_per_batch_path_on_the_cpu_draws_what_the_per_sample_path_draws() ->
     apply_transforms(inputs, {"photo": present}, rows, {"photo": per_sample}, seed=4, epoch=2)
     batched = ImageReader("photo", size=[12, 12], augment={"preset": "strong", "device": "cuda"})
     assert batched.sample_transform(train=True) is None  # left to the training device
-    out = aug.augment_batch(x, present, rows, batched.augment_transform(), seed=4, epoch=2)
+    out = aug.augment_batch(x, present, rows, batched.augment_transform(), seed=4, epoch=2, modality="photo")
     assert torch.equal(out, inputs["photo"])
     assert not torch.equal(out[present], x[present]) and not out[2].any()  # augmented; absent stays zeros
 
@@ -172,3 +172,13 @@ def test_augment_device_cuda_augments_per_batch_on_the_training_device(tmp_path:
                                                "trainer.max_epochs=1"), tiny=False)
     assert isinstance(recipe.train_loader, aug.AugmentedLoader)
     assert list(recipe.train_loader.augment.transforms) == ["photo"] and math.isfinite(recipe.best["value"])
+
+
+def test_each_modality_of_a_sample_draws_from_its_own_stream() -> None:
+    # An image's crop and the same sample's audio shift must not come from one stream of draws.
+    from mtmm_train.data.base import sample_seed
+
+    assert sample_seed(0, 1, 5, "photo") != sample_seed(0, 1, 5, "voice")
+    a = torch.rand(8, generator=aug.sample_generator(0, 1, 5, "photo"))
+    b = torch.rand(8, generator=aug.sample_generator(0, 1, 5, "voice"))
+    assert not torch.equal(a, b)

@@ -160,12 +160,12 @@ def augment_device(augment: Mapping[str, Any] | None) -> str:
 
 
 # ---------------------------------------------------------------------- random draws
-def sample_generator(seed: int, epoch: int | None, row: int) -> torch.Generator:
-    """The generator of one sample's draws: seeded by ``(seed, epoch, manifest row)`` only
+def sample_generator(seed: int, epoch: int | None, row: int, modality: str = "") -> torch.Generator:
+    """The generator of one sample's draws: seeded by ``(seed, epoch, manifest row, modality)`` only
     (:func:`mtmm_train.data.base.sample_seed`, as the per-sample path seeds it)."""
     from mtmm_train.data.base import sample_seed
 
-    return torch.Generator().manual_seed(sample_seed(seed, epoch, row))
+    return torch.Generator().manual_seed(sample_seed(seed, epoch, row, modality))
 
 
 def uniform(gen: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -350,14 +350,14 @@ def has_image_ops(s: dict[str, Any]) -> bool:
 
 # ---------------------------------------------------------------------- per batch, on the device
 def augment_batch(x: Tensor, present: Tensor, rows: Tensor, transform: SampleTransform, seed: int,
-                  epoch: int) -> Tensor:
+                  epoch: int, modality: str = "") -> Tensor:
     """Apply ``transform`` to each sample of a batch where the batch lies (e.g. on the GPU), with the draws of
     the per-sample path: the sample of manifest row ``rows[j]`` gets :func:`sample_generator`
     ``(seed, epoch, rows[j])``.
 
     Absent samples stay zeros. Reads ``rows`` on the host (one copy per batch if they are on the device).
     """
-    out = torch.stack([transform(x[j], sample_generator(seed, epoch, r)) for j, r in enumerate(rows.tolist())])
+    out = torch.stack([transform(x[j], sample_generator(seed, epoch, r, modality)) for j, r in enumerate(rows.tolist())])
     keep = present.to(out.device).view(-1, *([1] * (out.dim() - 1)))
     return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
@@ -377,7 +377,7 @@ class BatchAugment:
         """The batch with its modalities augmented (``rows``: the manifest row of each sample)."""
         inputs = dict(batch.inputs)
         for m, t in self.transforms.items():
-            inputs[m] = augment_batch(inputs[m], batch.present[m], rows, t, self.seed, epoch)
+            inputs[m] = augment_batch(inputs[m], batch.present[m], rows, t, self.seed, epoch, m)
         return Batch(inputs, batch.present, batch.targets, batch.labeled)
 
 

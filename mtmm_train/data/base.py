@@ -7,6 +7,7 @@ workers). Both have the same interface: ``len``, ``batch(index, epoch=None)``, `
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +19,16 @@ from mtmm_train.batch import Batch, ModalitySpec, TaskSpec
 STORAGES = ("memory", "stream", "cache")
 
 
-def sample_seed(seed: int, epoch: int | None, row: int) -> int:
-    """The seed of one sample's transform generator: a function of ``(seed, epoch, manifest row)`` only.
+def sample_seed(seed: int, epoch: int | None, row: int, modality: str = "") -> int:
+    """The seed of one sample's transform generator: a function of ``(seed, epoch, manifest row, modality)`` only.
 
     So augmentation does not depend on the batch, the worker, the number of workers or the order
-    samples are decoded in; ``epoch=None`` (evaluation) has its own stream.
+    samples are decoded in; ``epoch=None`` (evaluation) has its own stream, and each modality its own
+    (an image's crop and the same sample's audio shift are not drawn from one stream).
     """
     e = -1 if epoch is None else int(epoch)
-    return ((int(seed) * 1_000_003 + e + 1) * 2_000_003 + int(row)) % (2**63 - 1)
+    salt = zlib.crc32(modality.encode()) if modality else 0
+    return ((int(seed) * 1_000_003 + e + 1) * 2_000_003 + int(row) + salt * 7_919) % (2**63 - 1)
 
 
 def apply_transforms(inputs: dict[str, Tensor], present: dict[str, Tensor], rows: Tensor | None,
@@ -48,7 +51,7 @@ def apply_transforms(inputs: dict[str, Tensor], present: dict[str, Tensor], rows
             continue
         x, rows_of = inputs[m], rows.tolist()
         for j in present[m].nonzero().flatten().tolist():
-            gen = torch.Generator().manual_seed(sample_seed(seed, epoch, rows_of[j]))
+            gen = torch.Generator().manual_seed(sample_seed(seed, epoch, rows_of[j], m))
             y = fn(x[j], gen)
             if y.shape != x.shape[1:] or y.dtype != x.dtype:
                 raise ComponentError(f"dataset.modalities.{m}: the sample transform returned {y.dtype} "
