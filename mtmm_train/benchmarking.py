@@ -718,3 +718,143 @@ def tiny_bert(folder: Path, vocab_size: int = 128, hidden: int = 128, layers: in
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(folder)
     return str(folder)
+
+
+# ---------------------------------------------------------------------- fine-tuning choices: memory and step time
+#: Image backbone (timm, random weights) and its LoRA targets, per config; the text backbone is :func:`tiny_bert`.
+FINETUNE_CONFIGS: dict[str, tuple[list[str], str]] = {
+    "vit_tiny+bert": (["encoder@model.encoders.image=timm", "model.encoders.image.model_name=vit_tiny_patch16_224",
+                       "model.encoders.image.pretrained=false"], "[qkv,proj,fc1,fc2]"),
+    "resnet18+bert": (["encoder@model.encoders.image=timm", "model.encoders.image.model_name=resnet18",
+                       "model.encoders.image.pretrained=false"], "[conv1,conv2]"),
+}
+#: What each choice sets on both backbone encoders (image and text).
+FINETUNE_CHOICES: dict[str, list[str]] = {
+    "frozen+cache": ["freeze=true"],
+    "frozen": ["freeze=true"],
+    "lora": ["adapter=lora", "lora.r=8"],
+    "full": [],
+    "full+checkpointing": ["gradient_checkpointing=true"],
+}
+FINETUNE_DATA = ["modalities=[image,text,tabular]", "tasks=[category,tags]", "dataset.image_size=224",
+                 "dataset.text_length=32", "dataset.vocab_size=100", "dataset.num_train=64", "dataset.num_val=16",
+                 "dataset.num_test=16", "trainer.batch_size=16", "trainer.eval_batch_size=16", "trainer.max_epochs=1"]
+
+
+def finetune_overrides(config: str, choice: str, bert: str, cache: Path, extra: list[str] = ()) -> list[str]:
+    """The overrides of one fine-tuning ``choice`` (:data:`FINETUNE_CHOICES`) on a ``config``
+    (:data:`FINETUNE_CONFIGS`): both backbones set alike, the feature cache on for ``frozen+cache`` only;
+    then ``extra``."""
+    image, lora_targets = FINETUNE_CONFIGS[config]
+    text = ["encoder@model.encoders.text=hf", f"model.encoders.text.model_name={bert}",
+            "model.encoders.text.pretrained=false"]
+    settings = list(FINETUNE_CHOICES[choice])
+    out = [*FINETUNE_DATA, *image, *text, f"model.feature_cache_dir={cache}",
+           f"model.feature_cache={'auto' if choice == 'frozen+cache' else 'off'}"]
+    out += [f"model.encoders.image.{s}" for s in settings] + [f"model.encoders.text.{s}" for s in settings]
+    if choice == "lora":
+        out += [f"model.encoders.image.lora.target_modules={lora_targets}",
+                "model.encoders.text.lora.target_modules=[query,key,value,dense]"]
+    return out + list(extra)
+
+
+def finetune_child(overrides: list[str], out: str, steps: int, warmup: int) -> dict:
+    """In a fresh process (:func:`finetune_bench`): set up the run, time ``warmup + steps`` training steps
+    (the loop's own), and read the process's peak resident memory (``ru_maxrss``) after setup and after the
+    steps; also the activations one forward saves for backward, the trainable parameters and the optimizer
+    state."""
+    import resource
+
+    def peak_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    t0 = time.perf_counter()
+    recipe = make_recipe(overrides, out)
+    setup_s = time.perf_counter() - t0
+    setup_peak = peak_mb()
+    if steps == 0:  # a setup only (e.g. writing the feature cache)
+        return {"setup_s": setup_s, "cached": sorted(recipe.model.precomputed)}
+    batches = first_batches(recipe, warmup + steps)
+    times, cuda_peaks = [], []
+    for i in range(warmup + steps):
+        seconds, cuda_peak = timed_step(recipe, batches[i % len(batches)])
+        if i >= warmup:
+            times.append(seconds)
+            cuda_peaks.append(cuda_peak or 0.0)
+    state = sum(t.numel() * t.element_size() for s in recipe.optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    return {"step_s_all": times, "setup_s": setup_s, "setup_peak_rss_mb": setup_peak, "peak_rss_mb": peak_mb(),
+            "peak_cuda_mb": max(cuda_peaks) if recipe.device.type == "cuda" else None,
+            "activations_mb": saved_activation_bytes(recipe, batches[0]) / 2**20,
+            "trainable_params": sum(p.numel() for p in recipe.model.parameters() if p.requires_grad),
+            "optimizer_state_mb": state / 2**20, "cached": sorted(recipe.model.precomputed)}
+
+
+def finetune_bench(config: str, rounds: int, steps: int, warmup: int, out: Path,
+                   choices: list[str] | None = None, extra: list[str] = ()) -> list[dict]:
+    """Step time and memory of each fine-tuning choice of ``config``, side by side in one run.
+
+    Each (round, choice) runs in a fresh process (``spawn``), so that its peak resident memory is its own;
+    the choices take turns within each round (in reversed order every other round), so that a drift of the
+    machine's speed hits all of them alike. The feature cache of ``frozen+cache`` is written before the
+    first round (its cost is ``cache_build_s``), so every timed process reads it.
+
+    Returns:
+        One row per choice: ``step_ms`` (median over every timed step of every round), ``peak_rss_mb``
+        (the process's peak resident memory, the highest round), ``step_rss_mb`` (how much the steps raised
+        that peak above the setup's), ``activations_mb`` (saved for backward by one forward),
+        ``trainable_params``, ``optimizer_state_mb``, and ``setup_s``.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    choices = choices or list(FINETUNE_CHOICES)
+    out.mkdir(parents=True, exist_ok=True)
+    bert = tiny_bert(out / "bert")
+    cache = Path(tempfile.mkdtemp(prefix="features-", dir=out))
+    context = multiprocessing.get_context("spawn")
+
+    def child(choice: str, name: str, n_steps: int, n_warmup: int) -> dict:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(finetune_child, finetune_overrides(config, choice, bert, cache, extra), str(out / name),
+                               n_steps, n_warmup).result()
+
+    build_s = None
+    if "frozen+cache" in choices:
+        build_s = child("frozen+cache", f"{config}-cache-build", 0, 0)["setup_s"]
+    results: dict[str, list[dict]] = {c: [] for c in choices}
+    for r in range(rounds):
+        for choice in (choices if r % 2 == 0 else choices[::-1]):
+            results[choice].append(child(choice, f"{config}-{choice}-{r}", steps, warmup))
+    rows = []
+    for choice, runs in results.items():
+        times = [t for run in runs for t in run["step_s_all"]]
+        last = runs[-1]
+        if choice == "frozen+cache" and last["cached"] != ["image", "text"]:
+            raise UserError(f"{config}: the cache served {last['cached']}, expected both backbones")
+        rows.append({"config": config, "choice": choice, "step_ms": 1000 * statistics.median(times),
+                     "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+                     "step_rss_mb": max(run["peak_rss_mb"] - run["setup_peak_rss_mb"] for run in runs),
+                     "peak_cuda_mb": last["peak_cuda_mb"], "activations_mb": last["activations_mb"],
+                     "trainable_params": last["trainable_params"], "optimizer_state_mb": last["optimizer_state_mb"],
+                     "setup_s": statistics.median(run["setup_s"] for run in runs),
+                     "cache_build_s": build_s if choice == "frozen+cache" else None, "step_s_all": times})
+    return rows
+
+
+def print_finetune_table(rows: list[dict]) -> None:
+    """One line per (config, choice): step time, memory, trainable parameters, relative to full fine-tuning."""
+    full = {r["config"]: r for r in rows if r.get("choice") == "full" and "error" not in r}
+    head = (f"{'config':<15} {'choice':<19} {'step ms':>8} {'vs full':>7} {'peak RSS MB':>11} {'step RSS MB':>11} "
+            f"{'activations MB':>14} {'trainable':>11} {'optim MB':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['config']:<15} error: {r['error']}")
+            continue
+        ref = full.get(r["config"])
+        ratio = f"{r['step_ms'] / ref['step_ms']:.2f}x" if ref else "-"
+        print(f"{r['config']:<15} {r['choice']:<19} {r['step_ms']:>8.1f} {ratio:>7} {r['peak_rss_mb']:>11.0f} "
+              f"{r['step_rss_mb']:>11.0f} {r['activations_mb']:>14.1f} {r['trainable_params']:>11,} "
+              f"{r['optimizer_state_mb']:>8.1f}")

@@ -6,6 +6,7 @@ loop over the same model, data and optimizer, alternating in one process (machin
     python scripts/benchmark.py --suite fusion balancers     # the fusion and balancer cost tables
     python scripts/benchmark.py --suite ablations --configs reference_small --modes bf16   # each technique off/on
     python scripts/benchmark.py --suite feature_cache      # frozen ViT/ResNet + BERT: epoch time, cache vs recompute
+    python scripts/benchmark.py --suite finetune --rounds 1 --steps 4 --warmup 1   # memory/step time per fine-tuning
 
 Each config is a list of overrides (named presets, or ``--override``). The recipe side runs
 exactly what the training loop runs per step (``TrainRecipe.train_step``); the hand side is what
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 from pathlib import Path
 
 import torch
@@ -40,12 +42,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtmm-benchmark"), help="scratch folder of the runs")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument("--suite", nargs="+", default=["recipe"],
-                        choices=["recipe", "fusion", "balancers", "ablations", "feature_cache"],
+                        choices=["recipe", "fusion", "balancers", "ablations", "feature_cache", "finetune"],
                         help="recipe: recipe vs hand loop; fusion: parameters, step time and memory per fusion at "
                              "2/3/4 modalities (also scripts/bench_fusion.py); balancers: step time vs static "
                              "weights for 2/4/8 tasks in both Jacobian spaces (also scripts/bench_balancers.py); "
                              "ablations: each speed technique off and on; feature_cache: epoch time of frozen "
-                             "backbones served from the feature cache vs recomputed")
+                             "backbones served from the feature cache vs recomputed; finetune: step time and peak "
+                             "memory per fine-tuning choice (frozen + cache, frozen, LoRA, full, full + gradient "
+                             "checkpointing), each in its own process")
+    parser.add_argument("--choices", nargs="+", default=None,
+                        help=f"finetune: the choices to measure: {', '.join(bench.FINETUNE_CHOICES)} (default: all)")
     parser.add_argument("--techniques", nargs="+", default=None,
                         help=f"ablations to run: {', '.join(bench.TECHNIQUES)} (default: all)")
     args = parser.parse_args(argv)
@@ -75,6 +81,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print()
         bench.print_feature_cache_table(rows)
         bench.write_json(args.json, {"feature_cache": rows})
+    if "finetune" in args.suite:
+        rows = []
+        for name in bench.FINETUNE_CONFIGS:
+            if name not in args.configs and (args.configs != parser.get_default("configs") or name != "vit_tiny+bert"):
+                continue
+            try:
+                new = bench.finetune_bench(name, args.rounds, args.steps, args.warmup, args.out, args.choices,
+                                           args.override)
+            except Exception as e:  # record and go on to the next config
+                new = [{"config": name, "error": repr(e)[:500]}]
+            for row in new:
+                print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
+            rows += new
+        print()
+        bench.print_finetune_table(rows)
+        bench.write_json(args.json, {"finetune": rows})
     if "recipe" not in args.suite:
         return []
     modes = args.modes or (list(bench.MODES) if cuda else ["fp32"])

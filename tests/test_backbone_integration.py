@@ -155,14 +155,18 @@ def parameters(recipe: TrainRecipe) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in recipe.model.parameters()])
 
 
+@pytest.mark.slow  # compiling the two backbones takes a minute or more on a cold cache
 def test_compile_trains_backbones_as_eager(bert: Path, tmp_path: Path) -> None:
     # Compiled, the encoders see every row (absent rows too: the graph has no host read); the fusion masks
-    # them, so the model trains as in eager mode, where they are skipped.
-    overrides = [*backbones(bert, text=LORA_BERT), "trainer.limit_train_batches=2"]
+    # them, so the model trains as in eager mode, where they are skipped. SGD: an update is linear in the
+    # gradient (Adam would magnify the float rounding of near-zero gradients). No dropout (BERT's is off while
+    # frozen): compiled, it would draw its masks for more rows.
+    overrides = [*backbones(bert, image=LORA_VIT, text=["freeze=true"]), "optimizer=sgd",
+                 "trainer.limit_train_batches=2", "dataset.num_val=32", "trainer.eval_batch_size=32"]
     eager = train(tmp_path / "eager", overrides)
     compiled = train(tmp_path / "compiled", [*overrides, "trainer.compile=true"])
     assert compiled.forward_model is not compiled.model
-    assert torch.allclose(parameters(compiled), parameters(eager), atol=1e-4)
+    torch.testing.assert_close(parameters(compiled), parameters(eager), atol=2e-5, rtol=0)
     assert compiled.best["value"] == pytest.approx(eager.best["value"], rel=1e-4)
 
 

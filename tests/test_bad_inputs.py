@@ -315,14 +315,14 @@ CASES = [
          r"trainer\.max_epochs\?", ["+trainer.max_epoch=3"]),
     Case("unknown_logger_key", "config", r"logger\.colour is not a setting of logger; allowed keys: tensorboard",
          ["+logger.colour=red"]),
-    Case("wrong_type_int", "config", r"trainer\.max_epochs must be of type int, found 'many'; e\.g\. "
-         r"trainer\.max_epochs=8", ["trainer.max_epochs=many"], cli=True),
+    Case("wrong_type_int", "config", r"trainer\.max_epochs must be of type int \| None, found 'many'; e\.g\. "
+         r"trainer\.max_epochs=8 \(or null\)", ["trainer.max_epochs=many"], cli=True),
     Case("wrong_type_bool", "config", r"trainer\.compile must be of type bool, found 'maybe'",
          ["trainer.compile=maybe"]),
     Case("seed_not_an_integer", "config", r"seed must be an integer, found 'abc'", ["seed=abc"]),
     Case("zero_batch_size", "config", r"trainer\.batch_size must be >= 1, found 0", ["trainer.batch_size=0"]),
     Case("negative_batch_size", "config", r"trainer\.batch_size must be >= 1, found -4", ["trainer.batch_size=-4"]),
-    Case("zero_epochs", "config", r"trainer\.max_epochs must be >= 1, found 0", ["trainer.max_epochs=0"]),
+    Case("zero_epochs", "config", r"trainer\.max_epochs must be >= 1 or null, found 0", ["trainer.max_epochs=0"]),
     Case("bad_precision", "config", r"trainer\.precision must be one of 32, bf16, fp16, found 'fp8'",
          ["trainer.precision=fp8"]),
     Case("bad_compile_mode", "config", r"trainer\.compile_mode must be one of default, reduce-overhead, "

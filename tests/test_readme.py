@@ -18,6 +18,7 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one() -> None:
     commands = quick_start_commands()
     assert len(commands) == 2
     install_and_train, install_and_test = commands
-    assert install_and_train.startswith("pip install torch==2.14.1 torchvision==0.29.1") and install_and_train.endswith("mtmm-train")
+    assert install_and_train.startswith("pip install torch==2.14.1 torchvision==0.29.1")
+    assert install_and_train.endswith("mtmm-train")
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert install_and_test in ci_lines, "the README's test command must be the command .ci/run runs"

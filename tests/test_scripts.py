@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
@@ -50,3 +51,24 @@ def test_mtl_evidence_sweeps_every_balancer() -> None:
     names = module.parse_args([]).balancers
     assert names[0] == "static"
     assert sorted(names) == sorted(p.stem for p in (ROOT / "configs" / "balancer").glob("*.yaml"))
+
+
+def test_benchmark_finetune_suite_measures_each_choice(tmp_path: Path) -> None:
+    """``scripts/benchmark.py --suite finetune`` at tiny settings: one row per choice, each from its own process."""
+    out = tmp_path / "finetune.json"
+    tiny = ["dataset.image_size=32", "model.encoders.image.model_name=test_vit", "dataset.num_train=16",
+            "trainer.batch_size=8", "trainer.eval_batch_size=8"]
+    proc = run_cli([str(ROOT / "scripts" / "benchmark.py"), "--suite", "finetune", "--choices", "frozen+cache",
+                    "lora", "full", "--rounds", "1", "--steps", "1", "--warmup", "0", "--out", str(tmp_path),
+                    "--json", str(out), "--override", *tiny], cwd=tmp_path, module="",
+                   env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["finetune"]
+    assert [(r["config"], r["choice"]) for r in rows] == [("vit_tiny+bert", c)
+                                                          for c in ("frozen+cache", "lora", "full")]
+    by = {r["choice"]: r for r in rows}
+    for r in rows:
+        assert r["step_ms"] > 0 and r["peak_rss_mb"] > 0 and r["trainable_params"] > 0, r
+    assert by["frozen+cache"]["trainable_params"] < by["lora"]["trainable_params"] < by["full"]["trainable_params"]
+    assert by["frozen+cache"]["activations_mb"] < by["full"]["activations_mb"]  # the backbones saved nothing
+    assert "vs full" in proc.stdout

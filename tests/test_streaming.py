@@ -100,8 +100,8 @@ def test_sample_transforms_are_seeded_by_seed_epoch_and_row_only(manifest: Path,
         assert not torch.equal(split.batch(torch.arange(n), epoch=3).inputs["image"], whole)  # a new epoch
         assert torch.equal(split.batch(torch.arange(n)).inputs["image"], plain.inputs["image"])  # evaluation
         rows = split.rows if isinstance(split, TensorSplit) else split.tensors.rows
-        expect = [bool(torch.rand((), generator=torch.Generator().manual_seed(sample_seed(5, 2, int(r), "image"))) < 0.5)
-                  for r in rows]
+        expect = [bool(torch.rand((), generator=torch.Generator().manual_seed(sample_seed(5, 2, int(r), "image")))
+                       < 0.5) for r in rows]
         assert [f for f, p in zip(flipped, split.present["image"].tolist(), strict=True) if p] == \
             [e for e, p in zip(expect, split.present["image"].tolist(), strict=True) if p]
     assert True in calls and False in calls

@@ -357,7 +357,8 @@ def augment_batch(x: Tensor, present: Tensor, rows: Tensor, transform: SampleTra
 
     Absent samples stay zeros. Reads ``rows`` on the host (one copy per batch if they are on the device).
     """
-    out = torch.stack([transform(x[j], sample_generator(seed, epoch, r, modality)) for j, r in enumerate(rows.tolist())])
+    out = torch.stack([transform(x[j], sample_generator(seed, epoch, r, modality))
+                       for j, r in enumerate(rows.tolist())])
     keep = present.to(out.device).view(-1, *([1] * (out.dim() - 1)))
     return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
