@@ -252,7 +252,8 @@ def evaluate_checkpoint(cfg: EvalConfig, output_dir: Path) -> dict[str, Any]:
     subsets_of = [s for r in range(len(modalities), 0, -1) for s in itertools.combinations(modalities, r)
                   if cfg.subsets]
     total = 1 + len(subsets_of) + len(modalities) * sum(len(getattr(cfg, k)) for k in kinds)
-    bar = tqdm(total=total, desc="mtmm-eval", unit="eval", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, desc="mtmm-eval", unit="eval", dynamic_ncols=True, file=sys.stderr,
+               disable=None)  # None: shown on a terminal, not in a pipe or a log
 
     def metrics(split: TensorSplit) -> dict[str, float]:  # the function training evaluates with
         out = run.evaluate(split)

@@ -90,6 +90,8 @@ def augmented(cfg: DictConfig, modality: str) -> bool:
             continue
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         if isinstance(value, dict):
+            if value.get("preset") is None:  # not filled in yet: the run's augment=none|light|strong
+                value = {**value, "preset": OmegaConf.select(cfg, "augment.preset", default=None)}
             if augment_settings_active(value):
                 return True
         elif value not in (None, False, "none", "off", "", [], 0):
@@ -103,6 +105,7 @@ def augment_settings_active(augment: dict[str, Any]) -> bool:
     if (given.pop("preset", None) or "none") != "none":
         return True
     given.pop("device", None)
+    given = {k: v for k, v in given.items() if v is not None}  # null: the preset's value (none: no change)
     try:
         from mtmm_train.data.augment import SETTINGS
     except ImportError:  # no augmentation module: any setting counts

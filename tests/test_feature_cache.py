@@ -210,10 +210,12 @@ def test_changed_preprocessing_or_manifest_gives_a_new_entry(tmp_path: Path, fre
 
 def test_an_augmented_modality_is_not_cached(tmp_path: Path, freeze: dict[str, Any]) -> None:
     manifest = write_dataset(tmp_path / "data")
-    cfg = compose_cfg(manifest_overrides(manifest) + ["+dataset.modalities.image.augment=[flip]"])
+    cfg = compose_cfg(manifest_overrides(manifest) + ["dataset.modalities.image.augment.hflip=0.5"])
     assert feature_cache.augmented(cfg, "image") and not feature_cache.augmented(cfg, "tabular")
-    cfg = compose_cfg(manifest_overrides(manifest) + ["+dataset.modalities.image.augment=null"])
+    assert feature_cache.augmented(compose_cfg(manifest_overrides(manifest) + ["augment=light"]), "image")
+    cfg = compose_cfg(manifest_overrides(manifest) + ["augment=light", "dataset.modalities.image.augment.preset=none"])
     assert not feature_cache.augmented(cfg, "image")
+    assert not feature_cache.augmented(compose_cfg(manifest_overrides(manifest)), "image")
 
 
 # ---------------------------------------------------------------------- absent rows skip the encoder
@@ -262,8 +264,8 @@ def test_the_model_skips_absent_rows_in_training(tmp_path: Path, monkeypatch: py
 
 
 def test_the_freeze_setting_turns_the_cache_on(tmp_path: Path) -> None:
-    """``+model.encoders.<m>.freeze=true`` (mtmm_train/finetune.py) turns it on; unfreeze_at_epoch does not."""
-    recipe = run(tmp_path, "a", ["+model.encoders.image.freeze=true"], train=False)
+    """``++model.encoders.<m>.freeze=true`` (mtmm_train/finetune.py) turns it on; unfreeze_at_epoch does not."""
+    recipe = run(tmp_path, "a", ["++model.encoders.image.freeze=true"], train=False)
     assert recipe.model.precomputed == {"image"} and len(entries(tmp_path)) == 1
-    later = run(tmp_path, "b", ["+model.encoders.image.unfreeze_at_epoch=1"], train=False)
+    later = run(tmp_path, "b", ["++model.encoders.image.unfreeze_at_epoch=1"], train=False)
     assert later.model.precomputed == set()

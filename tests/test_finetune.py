@@ -53,7 +53,7 @@ def group_of(optimizer: torch.optim.Optimizer, p: nn.Parameter) -> dict | None:
 
 # ---------------------------------------------------------------------- freeze
 def test_frozen_encoder_keeps_its_weights_and_batchnorm_statistics(tmp_path: Path, one_thread: None) -> None:
-    recipe = set_up(tmp_path, ["+model.encoders.image.freeze=true", "trainer.max_epochs=2"])
+    recipe = set_up(tmp_path, ["++model.encoders.image.freeze=true", "trainer.max_epochs=2"])
     image = recipe.model.encoders.image  # the cnn encoder: convolutions with BatchNorm
     assert any(isinstance(m, nn.BatchNorm2d) for m in image.modules())
     image_before, text_before = states(image), states(recipe.model.encoders.text)
@@ -77,7 +77,7 @@ def test_unfreeze_at_epoch_trains_the_encoder_from_that_epoch_on(tmp_path: Path,
         return original(self)
 
     monkeypatch.setattr(TrainRecipe, "end_of_epoch", record)
-    recipe = set_up(tmp_path, ["+model.encoders.image.unfreeze_at_epoch=1", "trainer.max_epochs=2"])
+    recipe = set_up(tmp_path, ["++model.encoders.image.unfreeze_at_epoch=1", "trainer.max_epochs=2"])
     image = recipe.model.encoders.image
     recipe.image_start = states(image)
     # In the optimizer from the start (frozen: no gradient), so resume and the schedule see one layout.
@@ -95,7 +95,7 @@ def test_resume_across_the_unfreeze_epoch_gives_the_uninterrupted_result(stop_at
                                                                          one_thread: None,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = NO_CACHE + ["trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1",
-                            "+model.encoders.image.unfreeze_at_epoch=1", "+model.encoders.audio.freeze=true"]
+                            "++model.encoders.image.unfreeze_at_epoch=1", "++model.encoders.audio.freeze=true"]
     full = train(tmp_path / "full", overrides)
     original_save = TrainRecipe.save
 
@@ -117,8 +117,8 @@ def test_resume_across_the_unfreeze_epoch_gives_the_uninterrupted_result(stop_at
 
 # ---------------------------------------------------------------------- learning rates and weight decay
 def test_lr_scale_and_layer_decay_give_each_parameter_its_configured_lr(tmp_path: Path, one_thread: None) -> None:
-    recipe = set_up(tmp_path, [*VIT, "+model.encoders.image.lr_scale=0.5", "+model.encoders.image.layer_decay=0.75",
-                               "+model.encoders.tabular.lr_scale=0.1", "optimizer.lr=0.002"])
+    recipe = set_up(tmp_path, [*VIT, "++model.encoders.image.lr_scale=0.5", "++model.encoders.image.layer_decay=0.75",
+                               "++model.encoders.tabular.lr_scale=0.1", "optimizer.lr=0.002"])
     image, opt = recipe.model.encoders.image, recipe.optimizer
     n = image.num_blocks
     assert n >= 3
@@ -179,7 +179,7 @@ def build(overrides: list[str]) -> tuple[nn.Module, Any]:
 
 def test_gradient_checkpointing_gives_the_same_gradients(one_thread: None) -> None:
     plain, data = build(VIT)
-    ckpt, _ = build([*VIT, "+model.encoders.image.gradient_checkpointing=true"])
+    ckpt, _ = build([*VIT, "++model.encoders.image.gradient_checkpointing=true"])
     assert ckpt.encoders.image.backbone.grad_checkpointing and not plain.encoders.image.backbone.grad_checkpointing
     ckpt.load_state_dict(plain.state_dict())
     batch = data.splits["train"].batch(torch.arange(16))
@@ -197,13 +197,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(one_thread: None) -> No
 def test_gradient_checkpointing_on_an_encoder_without_it_is_one_line(one_thread: None) -> None:
     with pytest.raises(UserError, match=r"^model\.encoders\.image\.gradient_checkpointing is not available for "
                                         r"CNNEncoder"):
-        build(["+model.encoders.image.gradient_checkpointing=true"])
+        build(["++model.encoders.image.gradient_checkpointing=true"])
 
 
 # ---------------------------------------------------------------------- LoRA
 def test_lora_trains_only_the_adapter_of_the_backbone_and_survives_mtmm_eval(tmp_path: Path, one_thread: None) -> None:
-    recipe = set_up(tmp_path, [*VIT, "+model.encoders.image.adapter=lora", "+model.encoders.image.lora.r=4",
-                               "+model.encoders.image.lora.target_modules=[qkv,fc1]", "trainer.max_epochs=1"])
+    recipe = set_up(tmp_path, [*VIT, "++model.encoders.image.adapter=lora", "++model.encoders.image.lora.r=4",
+                               "++model.encoders.image.lora.target_modules=[qkv,fc1]", "trainer.max_epochs=1"])
     image = recipe.model.encoders.image
     lora = {n for n, _ in image.named_parameters() if ".lora_" in n}
     assert lora and all(".qkv." in n or ".fc1." in n for n in lora)
@@ -224,7 +224,7 @@ def test_lora_trains_only_the_adapter_of_the_backbone_and_survives_mtmm_eval(tmp
 def test_lora_target_modules_that_match_nothing_is_one_line(one_thread: None) -> None:
     with pytest.raises(UserError, match=r"^model\.encoders\.image\.lora\.target_modules \['nothing_here'\] cannot be "
                                         r"adapted .*name layers of VisionTransformer"):
-        build([*VIT, "+model.encoders.image.adapter=lora", "+model.encoders.image.lora.target_modules=[nothing_here]"])
+        build([*VIT, "++model.encoders.image.adapter=lora", "++model.encoders.image.lora.target_modules=[nothing_here]"])
 
 
 # ---------------------------------------------------------------------- init_from
@@ -232,8 +232,8 @@ def test_init_from_copies_the_encoder_weights_of_an_earlier_run(tmp_path: Path, 
     first = train(tmp_path / "first", NO_CACHE + ["seed=1"])
     best = tmp_path / "first" / "checkpoints" / "best.pt"
     saved = torch.load(best, weights_only=True)["model"]
-    model, _ = build([f"+model.encoders.image.init_from={best}", f"+model.encoders.audio.init_from={best}",
-                      "+model.encoders.audio.init_prefix=encoders.audio."])
+    model, _ = build([f"++model.encoders.image.init_from={best}", f"++model.encoders.audio.init_from={best}",
+                      "++model.encoders.audio.init_prefix=encoders.audio."])
     for m in ("image", "audio"):
         for k, v in model.encoders[m].state_dict().items():
             assert torch.equal(v, saved[f"encoders.{m}.{k}"]), (m, k)
@@ -246,11 +246,11 @@ def test_init_from_mistakes_are_one_line(tmp_path: Path, one_thread: None) -> No
     train(tmp_path / "first", NO_CACHE)
     best = tmp_path / "first" / "checkpoints" / "best.pt"
     cases = [
-        ([f"+model.encoders.image.init_from={tmp_path / 'none.pt'}"],
+        ([f"++model.encoders.image.init_from={tmp_path / 'none.pt'}"],
          r"^model\.encoders\.image\.init_from '.*none\.pt' is not a file; give a checkpoint"),
-        ([f"+model.encoders.image.init_from={best}", "+model.encoders.image.init_prefix=encoders.video."],
+        ([f"++model.encoders.image.init_from={best}", "++model.encoders.image.init_prefix=encoders.video."],
          r"^model\.encoders\.image\.init_prefix 'encoders\.video\.' matches no weight .*encoders\.image\."),
-        ([f"+model.encoders.image.init_from={best}", "model.encoders.image.channels=[8,32]"],
+        ([f"++model.encoders.image.init_from={best}", "model.encoders.image.channels=[8,32]"],
          r"^model\.encoders\.image\.init_from '.*best\.pt' does not fit CNNEncoder .*is \[16, 1, 3, 3\] there, "
          r"\[8, 1, 3, 3\] here"),
     ]
@@ -261,19 +261,19 @@ def test_init_from_mistakes_are_one_line(tmp_path: Path, one_thread: None) -> No
 
 # ---------------------------------------------------------------------- bad settings
 @pytest.mark.parametrize(("override", "pattern"), [
-    ("+model.encoders.image.frezee=true", r"^model\.encoders\.image\.frezee is not a setting of this encoder nor a "
+    ("++model.encoders.image.frezee=true", r"^model\.encoders\.image\.frezee is not a setting of this encoder nor a "
                                           r"fine-tuning setting; did you mean model\.encoders\.image\.freeze\?"),
-    ("+model.encoders.image.freeze=yes", r"^model\.encoders\.image\.freeze must be true or false, found 'yes'"),
-    ("+model.encoders.image.lr_scale=-0.1", r"^model\.encoders\.image\.lr_scale must be a finite number >= 0, "
+    ("++model.encoders.image.freeze=yes", r"^model\.encoders\.image\.freeze must be true or false, found 'yes'"),
+    ("++model.encoders.image.lr_scale=-0.1", r"^model\.encoders\.image\.lr_scale must be a finite number >= 0, "
                                             r"found -0\.1; e\.g\."),
-    ("+model.encoders.image.layer_decay=1.5", r"^model\.encoders\.image\.layer_decay must be a number in \(0, 1\]"),
-    ("+model.encoders.image.layer_decay=0", r"^model\.encoders\.image\.layer_decay must be a number in \(0, 1\]"),
-    ("+model.encoders.image.unfreeze_at_epoch=-1", r"^model\.encoders\.image\.unfreeze_at_epoch must be an epoch >= 0"),
-    ("+model.encoders.image.adapter=lorra", r"^model\.encoders\.image\.adapter must be null or lora, found 'lorra'"),
-    ("+model.encoders.image.lora.rank=8", r"^model\.encoders\.image\.lora\.rank is not a LoRA setting; did you mean "
+    ("++model.encoders.image.layer_decay=1.5", r"^model\.encoders\.image\.layer_decay must be a number in \(0, 1\]"),
+    ("++model.encoders.image.layer_decay=0", r"^model\.encoders\.image\.layer_decay must be a number in \(0, 1\]"),
+    ("++model.encoders.image.unfreeze_at_epoch=-1", r"^model\.encoders\.image\.unfreeze_at_epoch must be an epoch >= 0"),
+    ("++model.encoders.image.adapter=lorra", r"^model\.encoders\.image\.adapter must be null or lora, found 'lorra'"),
+    ("++model.encoders.image.lora.rank=8", r"^model\.encoders\.image\.lora\.rank is not a LoRA setting; did you mean "
                                           r"model\.encoders\.image\.lora\.r\?"),
-    ("+model.encoders.image.lora.r=0", r"^model\.encoders\.image\.lora\.r must be a rank >= 1, found 0"),
-    ("+model.encoders.image.init_prefix=encoders.x.", r"^model\.encoders\.image\.init_prefix is set .* but "
+    ("++model.encoders.image.lora.r=0", r"^model\.encoders\.image\.lora\.r must be a rank >= 1, found 0"),
+    ("++model.encoders.image.init_prefix=encoders.x.", r"^model\.encoders\.image\.init_prefix is set .* but "
                                                       r"model\.encoders\.image\.init_from is not"),
 ])
 def test_bad_fine_tuning_settings_are_one_line_before_any_data(override: str, pattern: str) -> None:
@@ -284,11 +284,11 @@ def test_bad_fine_tuning_settings_are_one_line_before_any_data(override: str, pa
 def test_layer_decay_on_an_encoder_without_blocks_is_one_line(one_thread: None) -> None:
     with pytest.raises(UserError, match=r"^model\.encoders\.image\.layer_decay is 0\.75, but CNNEncoder counts no "
                                         r"blocks"):
-        build(["+model.encoders.image.layer_decay=0.75"])
+        build(["++model.encoders.image.layer_decay=0.75"])
 
 
 def test_the_settings_are_not_passed_to_the_constructor_nor_to_preprocessing() -> None:
-    cfg = compose_cfg(["+model.encoders.image.freeze=true", "+model.encoders.image.lora.r=4"])
+    cfg = compose_cfg(["++model.encoders.image.freeze=true", "++model.encoders.image.lora.r=4"])
     node, tuning = finetune.split(cfg.model.encoders.image, "model.encoders.image")
     assert "freeze" not in node and "lora" not in node and "_target_" in node
     assert tuning.freeze and tuning.lora.r == 4 and tuning.lora.target_modules == "all-linear"
@@ -298,9 +298,9 @@ def test_the_settings_are_not_passed_to_the_constructor_nor_to_preprocessing() -
 # ---------------------------------------------------------------------- the command line
 def test_cli_freeze_and_lora_then_mtmm_eval(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [*TINY, *NO_CACHE, f"hydra.run.dir={run}", "+model.encoders.image.freeze=true",
-            "encoder@model.encoders.text=transformer", "+model.encoders.text.adapter=lora",
-            "+model.encoders.text.lora.r=4", "+model.encoders.text.lora.target_modules=[linear1,linear2]"]
+    args = [*TINY, *NO_CACHE, f"hydra.run.dir={run}", "++model.encoders.image.freeze=true",
+            "encoder@model.encoders.text=transformer", "++model.encoders.text.adapter=lora",
+            "++model.encoders.text.lora.r=4", "++model.encoders.text.lora.target_modules=[linear1,linear2]"]
     result = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-2000:]
     log = (run / "mtmm-train.log").read_text()

@@ -45,7 +45,7 @@ def test_tensorboard_has_a_tag_per_task_with_one_point_per_step_or_epoch(tmp_pat
     assert [e.step for e in acc.Scalars("val/loss/total")] == [3, 6]
     # One run, named after the run folder; the hparams and best values in its `best` subfolder, no card of their own.
     assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == [tmp_path.name]
-    assert [p.name for p in event_dir(tmp_path).iterdir() if p.is_dir()] == ["best"]
+    assert sorted(p.name for p in event_dir(tmp_path).iterdir() if p.is_dir()) == ["best", "test"]
     assert not any(t.startswith("best/") for t in tags)
     assert recipe.step == 6
 

@@ -144,9 +144,10 @@ def encode(tok: Any, text: str, special_tokens: bool = False, max_length: int | 
     """Token ids of ``text``, for either tokenizer type; with ``max_length``, truncated by the tokenizer (so the
     closing special token stays)."""
     if hasattr(tok, "encode_batch"):  # tokenizers.Tokenizer
-        if max_length is not None:
+        if max_length is not None and hasattr(tok, "enable_truncation"):
             tok.enable_truncation(max_length)
-        return tok.encode(text, add_special_tokens=special_tokens).ids
+        ids = tok.encode(text, add_special_tokens=special_tokens).ids
+        return ids if max_length is None else ids[:max_length]
     return tok.encode(text, add_special_tokens=special_tokens, truncation=max_length is not None,
                       max_length=max_length)
 
