@@ -41,7 +41,7 @@ from mtmm_train.config import (
     remove_created_run_folder,
     typed,
 )
-from mtmm_train.data import MultiModalData, TensorSplit
+from mtmm_train.data import FileSplit, MultiModalData, TensorSplit
 from mtmm_train.errors import UserError, check
 from mtmm_train.tasks import Task
 
@@ -248,6 +248,10 @@ def evaluate_checkpoint(cfg: EvalConfig, output_dir: Path) -> dict[str, Any]:
     run = load_run(cfg.checkpoint, cfg.device, cfg.batch_size, cfg.allow_foreign_targets)
     check(cfg.split in run.splits, f"split is '{cfg.split}', which the data lacks; use one of {list(run.splits)}")
     data, modalities = run.splits[cfg.split], list(run.data.modalities)
+    if isinstance(data, FileSplit) and (kinds or cfg.subsets):  # dataset.storage=stream: decoded per batch
+        log.info("mtmm-eval: decoding the %d samples of the '%s' split into memory for the subsets and "
+                 "corruptions", len(data), cfg.split)
+        data = data.materialize()
     primary = {t: f"{t}/{PRIMARY_METRIC[task.spec.kind]}" for t, task in run.tasks.items()}
     subsets_of = [s for r in range(len(modalities), 0, -1) for s in itertools.combinations(modalities, r)
                   if cfg.subsets]

@@ -320,10 +320,10 @@ class TrainRecipe:
         fused = self.device.type == "cuda" and "fused" not in cfg.optimizer \
             and cfg.optimizer._target_ in ("torch.optim.AdamW", "torch.optim.Adam")
         self.optimizer = opt_factory(groups, **({"fused": True} if fused else {}))
-        rows = finetune.describe_groups(self.optimizer)  # before the schedule scales the lrs (warm-up)
-        log.info("optimizer parameter groups:\n%s", finetune.format_groups(rows))
-        if self.dist.is_main:
-            fileio.write_json(self.output_dir / "param_groups.json", rows)
+        # Before the schedule scales the lrs (warm-up); written when training starts (train), so a run refused
+        # later in setup leaves the folder as it was.
+        self.param_group_rows = finetune.describe_groups(self.optimizer)
+        log.info("optimizer parameter groups:\n%s", finetune.format_groups(self.param_group_rows))
         self.scheduler = build(cfg.scheduler, "scheduler")(self.optimizer, total_steps=self.total_steps)
         self.autocast = builders.autocast_for(t.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
@@ -365,6 +365,8 @@ class TrainRecipe:
             Preempted: on SIGTERM, SIGINT or SIGUSR2, after the current step and a checkpoint.
             NoFiniteMonitor: no epoch had a finite monitored value.
         """
+        if self.dist.is_main:
+            fileio.write_json(self.output_dir / "param_groups.json", self.param_group_rows)
         with StopOnSignals() as self.signals:
             return self._train()
 

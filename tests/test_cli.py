@@ -52,7 +52,8 @@ def test_default_run_beats_chance_on_every_task(tmp_path: Path) -> None:
         assert (run / "checkpoints" / name).is_file()
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / "mtmm-train.log").is_file()
-    assert "results (validation)" in (run / "mtmm-train.log").read_text()
+    log = (run / "mtmm-train.log").read_text()
+    assert "results (validation, test)" in log and f"run folder: {run}" in log
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:

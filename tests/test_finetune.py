@@ -133,7 +133,9 @@ def test_lr_scale_and_layer_decay_give_each_parameter_its_configured_lr(tmp_path
         assert group_of(opt, p)["initial_lr"] == pytest.approx(0.0002, rel=1e-12)
     for p in [*recipe.model.heads.parameters(), *recipe.model.encoders.text.parameters()]:
         assert group_of(opt, p)["initial_lr"] == 0.002
-    # Logged once: one line per group, and param_groups.json in the run folder.
+    # Logged once: one line per group, and param_groups.json in the run folder (written when training starts).
+    assert not (tmp_path / "param_groups.json").exists()
+    recipe.train()
     rows = json.loads((tmp_path / "param_groups.json").read_text())
     assert len(rows) == len(opt.param_groups) and sum(r["tensors"] for r in rows) == sum(
         len(g["params"]) for g in opt.param_groups)

@@ -199,3 +199,21 @@ def test_streaming_from_the_cli(manifest: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["best"]["metrics"]["val/colour/accuracy"] <= 1
     assert not (tmp_path / "cache").exists()  # streamed: nothing decoded up front, nothing cached
+
+
+def test_mtmm_eval_of_a_streamed_run_gives_the_memory_runs_results(manifest: Path, tmp_path: Path) -> None:
+    # mtmm-eval's subsets and corruptions need whole tensors: a streamed split is decoded into memory for them.
+    from mtmm_train.evaluate import EvalConfig, evaluate_checkpoint
+
+    results = {}
+    for name, extra in (("memory", []), ("stream", ["dataset.storage=stream"])):
+        recipe = TrainRecipe(recipe_cfg(manifest, tmp_path / "cache", "trainer.max_epochs=1", *extra), tmp_path / name)
+        recipe.setup()
+        recipe.train()
+        results[name] = evaluate_checkpoint(EvalConfig(
+            checkpoint=str(tmp_path / name / "checkpoints" / "best.pt"), split="val", plot=False, device="cpu",
+            noise=[0.5], zero=[1.0], drop=[]), tmp_path / f"eval-{name}")
+    memory, stream = results["memory"], results["stream"]
+    assert len(stream["subsets"]) == 3 and len(stream["corruptions"]) == 4  # {image, audio} x {noise, zero}
+    assert stream["clean"] == memory["clean"] and stream["subsets"] == memory["subsets"]
+    assert stream["corruptions"] == memory["corruptions"]

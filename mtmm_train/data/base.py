@@ -164,6 +164,12 @@ class FileSplit:
     def __len__(self) -> int:
         return len(self.tensors)
 
+    def materialize(self) -> TensorSplit:
+        """The whole split decoded into memory (evaluation transforms applied): for what needs every
+        sample's tensor at once, such as ``mtmm-eval``'s subsets and corruptions of a streamed run."""
+        b = self.batch(torch.arange(len(self)))
+        return TensorSplit(b.inputs, b.present, b.targets, b.labeled, self.tensors.rows, None, self.tensors.seed)
+
     def batch(self, index: Tensor, epoch: int | None = None) -> Batch:
         """Decode the samples at ``index`` (each present file with its reader's ``decode``) into a Batch.
 
