@@ -19,7 +19,6 @@ gets empty cells.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import sys
@@ -40,6 +39,7 @@ from mtmm_train.data.manifest import (
     _codec,
     _delimiter,
     check_manifest_path,
+    jsonl_rows,
     manifest_format,
     read_manifest,
     sniff_delimiter,
@@ -153,21 +153,12 @@ def _parquet_file(path: Path) -> Any:
 
 def _jsonl_chunks(path: Path, codec: str, chunk_rows: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     rows: list[dict[str, Any]] = []
-    with path.open(encoding=codec) as f:
-        for line_num, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"dataset.manifest '{path}' line {line_num} is not valid JSON ({e.msg}); write one "
-                                "JSON object per line") from None
-            check(isinstance(row, dict), f"dataset.manifest '{path}' line {line_num} is a {type(row).__name__}, "
-                  "not a JSON object; write one object per line")
-            rows.append(row)
-            if len(rows) == chunk_rows:
-                yield line_num, rows
-                rows = []
+    line_num = 0
+    for line_num, row in jsonl_rows(path, codec):
+        rows.append(row)
+        if len(rows) == chunk_rows:
+            yield line_num, rows
+            rows = []
     if rows:
         yield -1, rows
 

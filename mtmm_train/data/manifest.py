@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,12 @@ def _read_csv(path: Path, delimiter: str | None, codec: str = "utf-8-sig") -> Ta
     return table
 
 
-def _read_jsonl(path: Path, codec: str = "utf-8-sig") -> Table:
-    rows: list[dict[str, Any]] = []
+def jsonl_rows(path: Path, codec: str = "utf-8-sig") -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL manifest, one at a time.
+
+    Raises:
+        UserError: a line that is not a JSON object, naming the file and the line.
+    """
     with path.open(encoding=codec) as f:
         for line_num, line in enumerate(f, 1):
             if not line.strip():
@@ -207,7 +212,11 @@ def _read_jsonl(path: Path, codec: str = "utf-8-sig") -> Table:
                                 "JSON object per line") from None
             check(isinstance(row, dict), f"dataset.manifest '{path}' line {line_num} is a {type(row).__name__}, "
                   "not a JSON object; write one object per line")
-            rows.append(row)
+            yield line_num, row
+
+
+def _read_jsonl(path: Path, codec: str = "utf-8-sig") -> Table:
+    rows = [row for _, row in jsonl_rows(path, codec)]
     names = list(dict.fromkeys(k for row in rows for k in row))  # every key, in first-seen order
     return {name: [row.get(name) for row in rows] for name in names}
 
