@@ -32,6 +32,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtmm_train import fileio
+from mtmm_train.data.base import apply_transforms
 from mtmm_train.data.files import build_readers, check_files
 from mtmm_train.data.manifest import (
     Table,
@@ -281,6 +282,10 @@ class Predictor:
                       f"shape {list(result.spec.shape)}, the model reads {list(spec.shape)}")
                 self.checked.add(key)
             inputs[m], present[m] = result.values[n_train:], result.present[n_train:]
+        # The readers' evaluation transforms (e.g. a video's frame choice), as evaluation applies them.
+        evaluated = {m: r for m, r in self.readers.items() if r.sample_transform(train=False) is not None}
+        if evaluated:
+            apply_transforms(inputs, present, torch.arange(n), evaluated, int(self.run.config.get("seed") or 0), None)
         return inputs, present
 
     @torch.no_grad()

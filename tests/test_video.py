@@ -128,3 +128,41 @@ def test_a_video_and_a_numeric_modality_train_from_the_cli(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert math.isfinite(metrics["best"]["metrics"]["val/label/accuracy"])
+
+
+def test_mtmm_predict_applies_the_evaluation_frame_choice_as_evaluation_does(tmp_path: Path) -> None:
+    # The video reader's evaluation transform picks each segment's middle frame; predictions on new rows
+    # must see the frames evaluation saw, or they would differ from the model on its own validation split.
+    from conftest import compose_cfg
+
+    from mtmm_train.evaluate import load_run
+    from mtmm_train.predict import NewManifest, PredictConfig, predict
+    from mtmm_train.recipe import TrainRecipe
+
+    path = manifest(tmp_path)
+    cfg = compose_cfg(["dataset=files", f"dataset.manifest={path}", "dataset.split_column=fold", "dataset.cache=false",
+                       "dataset.num_workers=0", "+reader@dataset.modalities.clip=video",
+                       "dataset.modalities.clip.frames=2", "dataset.modalities.clip.size=[8,8]",
+                       "+target@dataset.tasks.label=label", "+encoder@model.encoders.clip=frames",
+                       "model.encoders.clip.out_dim=8", "model.encoders.clip.frame.out_dim=8",
+                       "model.encoders.clip.frame.channels=[4]", "+head@model.heads.label=linear",
+                       "trainer.max_epochs=1", "trainer.batch_size=4", "logger=none"])
+    recipe = TrainRecipe(cfg, tmp_path / "run")
+    recipe.setup()
+    recipe.train()
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    lines = path.read_text().splitlines()
+    val = [line.split(",")[0] for line in lines[1:] if line.endswith(",val")]
+    (tmp_path / "new.csv").write_text("clip\n" + "\n".join(val) + "\n")
+    out = predict(PredictConfig(checkpoint=str(ckpt), dataset=NewManifest(manifest=str(tmp_path / "new.csv")),
+                                output=str(tmp_path / "p.csv")))
+    got = [line.split(",") for line in out.read_text().splitlines()]
+    header, rows_ = got[0], got[1:]
+    columns = [i for i, name in enumerate(header) if name.startswith("label/p_")]
+    probs = torch.tensor([[float(r[i]) for i in columns] for r in rows_])
+    run = load_run(ckpt, "cpu")
+    split = run.splits["val"]
+    batch = split.batch(torch.arange(len(split)))  # evaluation's frames (the transform with train=False)
+    with torch.no_grad():
+        preds, _ = run.model(batch.inputs, batch.present)
+    assert torch.allclose(probs, preds["label"].softmax(1), atol=1e-5)
