@@ -399,3 +399,31 @@ modalities:
                        "dataset.tasks.colour.column=color"])
     with pytest.raises(UserError, match=r"dataset.tasks.colour reads column 'color', which the manifest does not"):
         TrainRecipe(cfg, tmp_path / "run2").setup()
+
+
+def test_audio_is_stored_compactly_as_float16_or_int16_pcm(tmp_path: Path) -> None:
+    # dataset.modalities.<m>.dtype: half the memory and cache; encoders widen it to float32 on the device.
+    from mtmm_train.encoders.conv1d import Conv1dEncoder
+
+    manifest = write_manifest(tmp_path, make_rows(tmp_path, n=12))
+    label = {"colour": node("target/label")}
+    values = {}
+    for dtype, features in (("float32", "log_mel"), ("float16", "log_mel"), ("float32", "raw"), ("int16", "raw")):
+        audio = node("reader/audio", max_frames=20, n_mels=16, features=features, dtype=dtype)
+        data = files(str(manifest), {"audio": audio}, label, split_column="fold", cache=True,
+                     cache_dir=str(tmp_path / "cache"), num_workers=0)
+        again = files(str(manifest), {"audio": audio}, label, split_column="fold", cache=True,
+                      cache_dir=str(tmp_path / "cache"), num_workers=0)  # from the cache: the same tensors
+        x = data.splits["train"].inputs["audio"]
+        assert x.dtype == getattr(torch, dtype) and torch.equal(again.splits["train"].inputs["audio"], x)
+        values[dtype, features] = x
+        encoder = Conv1dEncoder(data.modalities["audio"], out_dim=4)
+        assert encoder(x).dtype == torch.float32  # widened by the encoder
+    half, full = values["float16", "log_mel"], values["float32", "log_mel"]
+    assert half.element_size() * 2 == full.element_size()
+    assert torch.allclose(half.float(), full, rtol=1e-3, atol=1e-3)
+    pcm, wave = values["int16", "raw"], values["float32", "raw"]
+    assert (pcm.float() / 32768 - wave).abs().max() <= 1 / 32768  # 16-bit WAVs: PCM again, within one step
+    with pytest.raises(UserError, match=r"dtype: int16 holds waveforms|dtype int16 holds waveforms|int16 holds"):
+        files(str(manifest), {"audio": node("reader/audio", dtype="int16")}, label, split_column="fold",
+              cache=False, num_workers=0)

@@ -117,7 +117,8 @@ def check_sizes(**sizes: Any) -> None:
 
 
 def as_unit_float(x: Tensor) -> Tensor:
-    """Pixels or samples as floats: ``uint8`` -> ``[0, 1]``, ``int16`` -> ``[-1, 1)``, floats unchanged.
+    """Pixels or samples as float32: ``uint8`` -> ``[0, 1]``, ``int16`` -> ``[-1, 1)``, 16-bit floats widened,
+    float32 unchanged.
 
     Readers may deliver images as ``uint8`` and audio as ``int16`` (compact caches, fast loaders);
     every encoder of images, audio and video calls this first.
@@ -126,6 +127,8 @@ def as_unit_float(x: Tensor) -> Tensor:
         return x.float().div_(255.0)
     if x.dtype == torch.int16:
         return x.float().div_(32768.0)
+    if x.dtype in (torch.float16, torch.bfloat16):  # a compact audio cache (dataset.modalities.<m>.dtype)
+        return x.float()
     return x
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders.base import Encoder, check_sizes
+from mtmm_train.encoders.base import Encoder, as_unit_float, check_sizes
 
 
 class Conv1dEncoder(Encoder):
@@ -37,7 +37,7 @@ class Conv1dEncoder(Encoder):
         self.proj = nn.Linear(c_in, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.net(x).mean(2))  # (B, D)
+        return self.proj(self.net(as_unit_float(x)).mean(2))  # (B, D); int16/float16 audio -> float32
 
     def tokens(self, x: Tensor) -> Tensor:
-        return self.proj(self.net(x).transpose(1, 2))  # (B, L', D)
+        return self.proj(self.net(as_unit_float(x)).transpose(1, 2))  # (B, L', D)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mtmm_train.batch import ModalitySpec
-from mtmm_train.encoders.base import Encoder, check_sizes
+from mtmm_train.encoders.base import Encoder, as_unit_float, check_sizes
 
 
 class TransformerEncoder(Encoder):
@@ -56,7 +56,7 @@ class TransformerEncoder(Encoder):
                 pad[:, 0] &= ~pad.all(1)  # an all-padding row would make attention NaN
             h = self.embed(x)
         else:
-            h = self.embed(x.transpose(1, 2))  # (B, C, L) -> (B, L, D)
+            h = self.embed(as_unit_float(x).transpose(1, 2))  # (B, C, L) -> (B, L, D)
         h = h + self.pos[:, : h.shape[1]]
         return self.norm(self.layers(h, src_key_padding_mask=pad)), pad
 

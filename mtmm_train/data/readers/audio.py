@@ -16,6 +16,9 @@ from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult
 from mtmm_train.errors import SettingError
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "int16": torch.int16}
+
+
 class AudioReader(ModalityReader):
     """A column of WAV paths -> ``(n_mels, max_frames)`` log-mel sequences, or ``(1, max_samples)`` waveforms.
 
@@ -38,13 +41,18 @@ class AudioReader(ModalityReader):
         augment: train-time augmentation (``preset`` and settings, :mod:`mtmm_train.data.augment`): shift,
             gain, noise, time and frequency masks, on the log-mel sequence or on the waveform.
         max_frames: frames kept (the sequence's length).
+        dtype: what each clip is stored and batched as: ``float32``; ``float16`` (half the memory and
+            cache; about 3 significant digits); ``int16`` (``features: raw`` only: 16-bit PCM, lossless
+            for 16-bit WAVs at their own rate). Encoders widen it to float32 on the device
+            (:func:`mtmm_train.encoders.base.as_unit_float`).
     """
 
     reads_files = True
 
     def __init__(self, name: str, column: str | None = None, sample_rate: int | None = None, n_mels: int = 40,
                  n_fft: int = 400, hop_length: int = 160, max_frames: int = 100, features: str | None = None,
-                 max_samples: int | None = None, augment: dict[str, Any] | None = None) -> None:
+                 max_samples: int | None = None, augment: dict[str, Any] | None = None,
+                 dtype: str = "float32") -> None:
         super().__init__(name, column)
         sample_rate = 16000 if sample_rate is None else sample_rate
         features = "log_mel" if features is None else features
@@ -64,6 +72,12 @@ class AudioReader(ModalityReader):
         self.raw = features == "raw"
         self.max_samples = max_samples or max_frames * hop_length
         self.filterbank = mel_filterbank(n_mels, n_fft, sample_rate)
+        if dtype not in DTYPES:
+            raise SettingError("dtype", f"must be one of {', '.join(DTYPES)}, found {dtype!r}")
+        if dtype == "int16" and not self.raw:
+            raise SettingError("dtype", "int16 holds waveforms (features: raw); a log-mel sequence is not in [-1, 1]: "
+                               "use float16 or float32")
+        self.dtype = DTYPES[dtype]
         self.augment = aug.settings_for("audio", augment)
         self.augment_device = aug.augment_device(augment)
 
@@ -82,11 +96,14 @@ class AudioReader(ModalityReader):
         return out
 
     def decode(self, path: Path) -> Tensor:
-        """Read one WAV file and compute its features."""
+        """Read one WAV file and compute its features, stored as ``dtype``."""
         wave, rate = read_wav(path)
         if wave.numel() == 0:
             raise ValueError("the file holds no samples")
-        return self.features(wave, rate)
+        x = self.features(wave, rate)
+        if self.dtype == torch.int16:
+            return (x * 32768.0).round().clamp(-32768, 32767).to(torch.int16)
+        return x.to(self.dtype)
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
         cells = table[self.column]
@@ -97,7 +114,7 @@ class AudioReader(ModalityReader):
             out[i] = x
         shape = (1, self.max_samples) if self.raw else (self.n_mels, self.max_frames)
         info = {"sample_rate": self.sample_rate, "features": "raw" if self.raw else "log_mel"}
-        return ReadResult(*stack_present(out, shape), ModalitySpec(self.name, shape, "sequence", info=info))
+        return ReadResult(*stack_present(out, shape, self.dtype), ModalitySpec(self.name, shape, "sequence", info=info))
 
     def augment_transform(self) -> aug.SampleTransform | None:
         """The train-time augmentation, wherever it runs (None: none)."""
