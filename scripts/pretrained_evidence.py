@@ -191,7 +191,8 @@ def init_from_table(seeds: list[int], out: Path, epochs: int, per_class: int) ->
         results.setdefault("logistic regression, pixels", []).append(float(logreg.score(x["test"], y["test"])))
         init = [f"+model.encoders.image.init_from={best}"]
         for arm, extra in (("CNN, pretrained on odd/even (init_from), fine-tuned", init),
-                           ("CNN, pretrained on odd/even (init_from), frozen", init + ["+model.encoders.image.freeze=true"]),
+                           ("CNN, pretrained on odd/even (init_from), frozen",
+                            init + ["+model.encoders.image.freeze=true"]),
                            ("CNN, from scratch", [])):
             recipe = train(few + extra, out / f"{len(extra)}-{seed}")
             results.setdefault(arm, []).append(best_test(recipe, "test/digit/accuracy"))

@@ -226,7 +226,8 @@ def test_lora_trains_only_the_adapter_of_the_backbone_and_survives_mtmm_eval(tmp
 def test_lora_target_modules_that_match_nothing_is_one_line(one_thread: None) -> None:
     with pytest.raises(UserError, match=r"^model\.encoders\.image\.lora\.target_modules \['nothing_here'\] cannot be "
                                         r"adapted .*name layers of VisionTransformer"):
-        build([*VIT, "++model.encoders.image.adapter=lora", "++model.encoders.image.lora.target_modules=[nothing_here]"])
+        build([*VIT, "++model.encoders.image.adapter=lora",
+               "++model.encoders.image.lora.target_modules=[nothing_here]"])
 
 
 # ---------------------------------------------------------------------- init_from
@@ -270,7 +271,8 @@ def test_init_from_mistakes_are_one_line(tmp_path: Path, one_thread: None) -> No
                                             r"found -0\.1; e\.g\."),
     ("++model.encoders.image.layer_decay=1.5", r"^model\.encoders\.image\.layer_decay must be a number in \(0, 1\]"),
     ("++model.encoders.image.layer_decay=0", r"^model\.encoders\.image\.layer_decay must be a number in \(0, 1\]"),
-    ("++model.encoders.image.unfreeze_at_epoch=-1", r"^model\.encoders\.image\.unfreeze_at_epoch must be an epoch >= 0"),
+    ("++model.encoders.image.unfreeze_at_epoch=-1",
+     r"^model\.encoders\.image\.unfreeze_at_epoch must be an epoch >= 0"),
     ("++model.encoders.image.adapter=lorra", r"^model\.encoders\.image\.adapter must be null or lora, found 'lorra'"),
     ("++model.encoders.image.lora.rank=8", r"^model\.encoders\.image\.lora\.rank is not a LoRA setting; did you mean "
                                           r"model\.encoders\.image\.lora\.r\?"),

@@ -15,7 +15,6 @@ from mtmm_train.data.manifest import Table, is_empty
 from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, decode_files, resolve, stack_present
 from mtmm_train.errors import SettingError
 
-
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int16": torch.int16}
 
 
