@@ -17,7 +17,6 @@ would need it).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from mtmm_train import fileio
+from mtmm_train.commands import run_command
 from mtmm_train.errors import UserError, check
 from mtmm_train.evaluate import load_run
-from mtmm_train.predict import parse
 
 log = logging.getLogger("mtmm_train")
 
@@ -140,17 +139,8 @@ def export_checkpoint(cfg: ExportConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: ``mtmm-export key=value ...``."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        export_checkpoint(parse(list(sys.argv[1:] if argv is None else argv), ExportConfig, "mtmm-export",
-                                ("checkpoint",), "checkpoint=logs/runs/<time>/checkpoints/best.pt output=model.pt2"))
-    except UserError as e:
-        print(f"mtmm-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except fileio.WriteError as e:
-        print(f"mtmm-export: error: cannot write {fileio.explain(e)}; make room, or pass output=<another file>",
-              file=sys.stderr)
-        sys.exit(1)
+    run_command("mtmm-export", export_checkpoint, ExportConfig, ("checkpoint",),
+                "checkpoint=logs/runs/<time>/checkpoints/best.pt output=model.pt2", argv)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,16 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from mtmm_train import fileio
+from mtmm_train.commands import run_command
 from mtmm_train.data.base import apply_transforms
 from mtmm_train.data.files import build_readers, check_files
 from mtmm_train.data.manifest import (
@@ -40,6 +39,7 @@ from mtmm_train.data.manifest import (
     _codec,
     _delimiter,
     check_manifest_path,
+    csv_rows,
     jsonl_rows,
     manifest_format,
     read_manifest,
@@ -165,27 +165,15 @@ def _jsonl_chunks(path: Path, codec: str, chunk_rows: int) -> Iterator[tuple[int
 
 
 def _csv_chunks(path: Path, sep: str, codec: str, header: list[str], chunk_rows: int) -> Iterator[Table]:
-    shown = "tab" if sep == "\t" else repr(sep)
-    with path.open(newline="", encoding=codec) as f:
-        reader = csv.reader(f, delimiter=sep)
-        next(reader)
-        table: Table = {n: [] for n in header}
-        try:
-            for row in reader:
-                if not row:  # blank line
-                    continue
-                if len(row) != len(header):
-                    raise UserError(f"dataset.manifest '{path}' line {reader.line_num} has {len(row)} fields, the "
-                                    f"header has {len(header)} (delimiter {shown}); quote cells that contain the "
-                                    "delimiter, or set dataset.delimiter")
-                for name, value in zip(header, row, strict=True):
-                    table[name].append(value)
-                if len(table[header[0]]) == chunk_rows:
-                    yield table
-                    table = {n: [] for n in header}
-        except csv.Error as e:
-            raise UserError(f"dataset.manifest '{path}' line {reader.line_num + 1} cannot be read as CSV ({e}); fix "
-                            "the line, or check dataset.encoding and dataset.delimiter") from None
+    rows = csv_rows(path, sep, codec)
+    next(rows)  # the header, already read
+    table: Table = {n: [] for n in header}
+    for row in rows:
+        for name, value in zip(header, row, strict=True):
+            table[name].append(value)
+        if len(table[header[0]]) == chunk_rows:
+            yield table
+            table = {n: [] for n in header}
     if table[header[0]]:
         yield table
 
@@ -457,53 +445,10 @@ def predict(cfg: PredictConfig) -> Path:
 
 
 # ---------------------------------------------------------------------- command line
-def parse(args: list[str], schema: type, name: str, required: tuple[str, ...], example: str) -> Any:
-    """``key=value`` arguments onto a dataclass schema; one-line errors for unknown keys and bad values.
-
-    Args:
-        args: the command line's arguments.
-        schema: the settings' dataclass.
-        name: the command, for messages.
-        required: the settings without a default (``dataset.manifest``).
-        example: a command line to show when one is missing.
-
-    Raises:
-        UserError: a malformed argument, an unknown setting, a value of the wrong type or a missing one.
-    """
-    bad = next((a for a in args if "=" not in a or a.startswith("-")), None)
-    settings = [f.name for f in fields(schema)]
-    check(bad is None, f"'{bad}' is not a setting; write key=value, e.g. {name} checkpoint=best.pt; settings: "
-          f"{', '.join(settings)}")
-    base = OmegaConf.structured(schema)
-    try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(args))
-        for key in required:
-            parent, _, leaf = key.rpartition(".")
-            check(not OmegaConf.is_missing(OmegaConf.select(merged, parent) if parent else merged, leaf),
-                  f"{key} is required, e.g. {name} {example}")
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = str(getattr(e, "full_key", None) or getattr(e, "key", None) or "?")
-        first = str(e).splitlines()[0]
-        if "Key '" in first and "not in" in first:
-            raise UserError(f"unknown setting '{key}'; the settings are {', '.join(settings)}") from None
-        raise UserError(f"{key}: {first}") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: ``mtmm-predict key=value ...``."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        predict(parse(list(sys.argv[1:] if argv is None else argv), PredictConfig, "mtmm-predict",
-                      ("checkpoint", "dataset.manifest"),
-                      "checkpoint=logs/runs/<time>/checkpoints/best.pt dataset.manifest=new.csv output=pred.csv"))
-    except UserError as e:
-        print(f"mtmm-predict: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except fileio.WriteError as e:
-        print(f"mtmm-predict: error: cannot write {fileio.explain(e)}; make room, or pass output=<another file>",
-              file=sys.stderr)
-        sys.exit(1)
+    run_command("mtmm-predict", predict, PredictConfig, ("checkpoint", "dataset.manifest"),
+                "checkpoint=logs/runs/<time>/checkpoints/best.pt dataset.manifest=new.csv output=pred.csv", argv)
 
 
 if __name__ == "__main__":

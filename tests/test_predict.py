@@ -13,11 +13,12 @@ import torch
 from conftest import compose_cfg, run_cli
 from PIL import Image
 
+from mtmm_train.commands import parse
 from mtmm_train.data.readers.numeric import NumericReader
 from mtmm_train.data.readers.text import TextReader
 from mtmm_train.errors import UserError
 from mtmm_train.evaluate import load_run
-from mtmm_train.predict import NewManifest, PredictConfig, iter_manifest, parse, predict
+from mtmm_train.predict import NewManifest, PredictConfig, iter_manifest, predict
 from mtmm_train.recipe import TrainRecipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -170,8 +170,13 @@ def delimiter_hint(columns: list[str], wanted: list[str]) -> str:
     return ""
 
 
-def _read_csv(path: Path, delimiter: str | None, codec: str = "utf-8-sig") -> Table:
-    sep = delimiter or sniff_delimiter(path, codec)
+def csv_rows(path: Path, sep: str, codec: str = "utf-8-sig") -> Iterator[list[str]]:
+    """The header of a CSV manifest (checked), then each non-blank row, one at a time.
+
+    Raises:
+        UserError: an empty file, a bad header, a row with another number of fields than the header, or
+            a line the csv module cannot read; each names the file and the line.
+    """
     shown = "tab" if sep == "\t" else repr(sep)
     with path.open(newline="", encoding=codec) as f:
         reader = csv.reader(f, delimiter=sep)
@@ -179,7 +184,7 @@ def _read_csv(path: Path, delimiter: str | None, codec: str = "utf-8-sig") -> Ta
             header = next(reader, None)
             check(bool(header), f"dataset.manifest '{path}' is empty; it needs a header row with the column names")
             _check_header(path, header)
-            table: Table = {name: [] for name in header}
+            yield header
             for row in reader:
                 if not row:  # blank line
                     continue
@@ -187,11 +192,19 @@ def _read_csv(path: Path, delimiter: str | None, codec: str = "utf-8-sig") -> Ta
                     raise UserError(f"dataset.manifest '{path}' line {reader.line_num} has {len(row)} fields, the "
                                     f"header has {len(header)} (delimiter {shown}); quote cells that contain the "
                                     "delimiter, or set dataset.delimiter")
-                for name, value in zip(header, row, strict=True):
-                    table[name].append(value)
+                yield row
         except csv.Error as e:
             raise UserError(f"dataset.manifest '{path}' line {reader.line_num + 1} cannot be read as CSV ({e}); fix "
                             "the line, or check dataset.encoding and dataset.delimiter") from None
+
+
+def _read_csv(path: Path, delimiter: str | None, codec: str = "utf-8-sig") -> Table:
+    rows = csv_rows(path, delimiter or sniff_delimiter(path, codec), codec)
+    header = next(rows)
+    table: Table = {name: [] for name in header}
+    for row in rows:
+        for name, value in zip(header, row, strict=True):
+            table[name].append(value)
     return table
 
 
