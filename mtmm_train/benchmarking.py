@@ -66,6 +66,13 @@ PRESETS: dict[str, list[str]] = {
               "mtl.hidden_dims=[512,256]", "trainer.batch_size=256", "dataset.image_size=32"],
     "reference_small": ["experiment=reference_small"],
     "reference_large": ["experiment=reference_large"],
+    # ViT-B/16 (224 px) + BERT-base (128 tokens) + MLP built from Hugging Face configs (random weights), 3 tasks;
+    # the experiment turns compile on, the mode (MODES) decides here.
+    "backbone_reference": ["experiment=backbone_reference", "trainer.compile=false"],
+    # The same with a ResNet-50 (timm, random weights) for the image.
+    "backbone_reference_resnet50": ["experiment=backbone_reference", "trainer.compile=false",
+                                    "encoder@model.encoders.image=timm", "model.encoders.image.model_name=resnet50",
+                                    "model.encoders.image.pretrained=false", "~model.encoders.image.config"],
 }
 MODES: dict[str, list[str]] = {
     "fp32": ["trainer.precision=32", "trainer.float32_matmul_precision=highest"],
@@ -162,14 +169,64 @@ def time_steps(fn: Callable[[TrainRecipe, Batch], None], recipe: TrainRecipe, ba
     return steps * batches[0].size / (time.perf_counter() - t0)
 
 
+def cpu_attention_flops() -> dict:
+    """FLOP formulas for the CPU's fused attention kernels, which ``torch.utils.flop_counter`` does not count.
+
+    ``F.scaled_dot_product_attention`` (Hugging Face's ``sdpa`` attention, the project's transformer) runs
+    ``aten._scaled_dot_product_flash_attention_for_cpu`` on a CPU: without these formulas the attention's
+    matmuls would be missing from the count. They are the counter's own formulas for the CUDA kernels
+    (flash, memory-efficient, cuDNN; in its registry already): ``4 * B * H * Lq * Lk * D`` forward, and
+    five matmuls backward (a fused kernel recomputes ``Q K^T``), one more than eager attention's four;
+    for a ViT-B/16 at 224 px that recomputation is under 1% of the step's FLOPs.
+    """
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    table = {}
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None and forward not in fc.flop_registry:  # keys: overload packets
+        table[forward] = lambda query, key, value, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(
+            query, key, value)
+    if backward is not None and backward not in fc.flop_registry:
+        table[backward] = lambda grad_out, query, key, value, *args, out_shape=None, **kwargs: \
+            fc.sdpa_backward_flop_count(grad_out, query, key, value)
+    return table
+
+
 def step_flops(recipe: TrainRecipe, batch: Batch) -> float:
     """FLOPs of one training step (forward + backward), counted by torch.utils.flop_counter on the
-    eager model (a compiled one hides its kernels from the counter)."""
+    eager model (a compiled one hides its kernels from the counter).
+
+    Matmuls, convolutions and attention: the counter knows CUDA's fused attention kernels (flash,
+    memory-efficient, cuDNN; the masked attention of a BERT runs the memory-efficient one) and
+    :func:`cpu_attention_flops` adds the CPU's, so the attention of Hugging Face models (``sdpa``) and of
+    the project's transformer is counted on both (a test compares it with eager attention's matmuls).
+    Elementwise work (softmax, norms, activations, the optimizer) counts nothing, as MFU conventions have it.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention_flops()) as counter:
         hand_step(recipe, batch, model=recipe.model)
     return float(counter.get_total_flops())
+
+
+#: Dense bf16 tensor-core peak (no sparsity) from the vendor's data sheet, by a part of the GPU's name; the
+#: first match counts (so the PCIe and NVL cards of a family come before its SXM name).
+SPEC_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0),
+    ("A100", 312.0), ("A800", 312.0),
+)
+
+
+def spec_bf16_tflops(device: torch.device | str | None = None) -> float | None:
+    """The vendor's dense bf16 peak of the CUDA device (:data:`SPEC_BF16_TFLOPS`); None: a CPU or a GPU not
+    in the table (no ``mfu_spec`` then)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for part, tflops in SPEC_BF16_TFLOPS if part in name), None)
 
 
 def bf16_peak_tflops() -> float:
@@ -212,7 +269,7 @@ def write_json(path: Path | None, payload: Any) -> None:
 
 # ---------------------------------------------------------------------- recipe vs hand-written loop
 def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int, warmup: int, out: Path,
-            peak: float | None, round_seconds: float = 0.0) -> dict:
+            peak: float | None, round_seconds: float = 0.0, spec_peak: float | None = None) -> dict:
     """Samples/s of :func:`recipe_step` and :func:`hand_step` on config ``name`` in ``mode`` (:data:`MODES`).
 
     Args:
@@ -221,12 +278,15 @@ def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int,
         steps: steps per round and side (at least; see ``round_seconds``).
         warmup: untimed steps of each side first (and compilation).
         out: the scratch folder of the runs.
-        peak: the device's peak TFLOP/s for the MFU column (None: no MFU).
+        peak: the device's peak TFLOP/s for the MFU column (None: no MFU), e.g. :func:`bf16_peak_tflops`.
         round_seconds: lengthen rounds to at least this many seconds (fast configs need many steps
             to rise above noise).
+        spec_peak: the vendor's peak TFLOP/s for the ``mfu_spec`` column; None: :func:`spec_bf16_tflops`
+            of the recipe's device (none on a CPU or an unknown GPU).
 
     Returns:
-        One row: medians, their ratio, FLOPs per step and the per-round figures (``*_all``).
+        One row: medians, their ratio, FLOPs per step, ``mfu`` (against ``peak``) and ``mfu_spec``
+        (against the vendor's peak) when known, and the per-round figures (``*_all``).
     """
     recipe = make_recipe(overrides + MODES[mode], out / f"{name}-{mode}")
     batches = first_batches(recipe)
@@ -247,6 +307,9 @@ def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int,
            "rounds": rounds, "steps_per_round": steps, "recipe_all": ours, "hand_all": hand}
     if peak:
         row["mfu"] = row["recipe_tflops"] / peak
+    spec_peak = spec_peak or spec_bf16_tflops(recipe.device)
+    if spec_peak:
+        row["spec_tflops"], row["mfu_spec"] = spec_peak, row["recipe_tflops"] / spec_peak
     if recipe.device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
@@ -254,18 +317,24 @@ def compare(name: str, mode: str, overrides: list[str], rounds: int, steps: int,
 
 
 def print_recipe_table(rows: list[dict]) -> None:
-    """One line per (config, mode) of :func:`compare`'s rows."""
-    head = (f"{'config':<16} {'mode':<15} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} "
-            f"{'TFLOP/s':>8} {'MFU':>6}")
+    """One line per (config, mode) of :func:`compare`'s rows: samples/s of both sides, their ratio, the
+    recipe's TFLOP/s, MFU against the measured bf16 peak and against the vendor's (``MFU spec``)."""
+    width = max([16] + [len(str(r.get("config", ""))) for r in rows])
+    head = (f"{'config':<{width}} {'mode':<15} {'batch':>5} {'recipe/s':>10} {'hand/s':>10} {'ratio':>6} "
+            f"{'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6} {'MFU spec':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['config']:<16} {r['mode']:<15} error: {r['error'][:80]}")
+            print(f"{r['config']:<{width}} {r['mode']:<15} error: {r['error'][:80]}")
             continue
         mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "   n/a"
-        print(f"{r['config']:<16} {r['mode']:<15} {r['batch_size']:>5} {r['recipe_samples_s']:>10,.0f} "
-              f"{r['hand_samples_s']:>10,.0f} {r['ratio']:>6.3f} {r['recipe_tflops']:>8.3f} {mfu}")
+        spec = f"{100 * r['mfu_spec']:7.1f}%" if "mfu_spec" in r else "     n/a"
+        ours, hand = (f"{x:>10,.0f}" if x >= 100 else f"{x:>10.3g}"  # a slow CPU run: its digits
+                      for x in (r["recipe_samples_s"], r["hand_samples_s"]))
+        print(f"{r['config']:<{width}} {r['mode']:<15} {r['batch_size']:>5} {ours} {hand} {r['ratio']:>6.3f} "
+              f"{r['gflop_per_step']:>10,.1f} "
+              f"{r['recipe_tflops']:>8.3f} {mfu} {spec}")
 
 
 # ---------------------------------------------------------------------- each technique off and on
@@ -636,13 +705,24 @@ def print_balancer_table(rows: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------- the frozen-feature cache
-#: Configs of ``--suite feature_cache``: a frozen small backbone per modality on synthetic data
-#: (random weights: the timing does not depend on them). ``{text}`` is the text encoder's overrides.
+#: Configs of ``--suite feature_cache``: a frozen backbone per modality on synthetic data (random weights:
+#: the timing does not depend on them); the text backbone is :func:`tiny_bert` of :data:`TEXT_SIZES`.
+#: ``vit_b16+bert_base`` is GPU-sized (ViT-B/16 at 224 px, a BERT-base-sized model at 128 tokens, enough
+#: rows for a GPU epoch); the others are the CPU's (:data:`FEATURE_CACHE_CPU`, the suite's default).
 FEATURE_CACHE_CONFIGS: dict[str, list[str]] = {
     "resnet18+text": ["encoder@model.encoders.image=timm", "model.encoders.image.model_name=resnet18",
                       "model.encoders.image.pretrained=false"],
     "vit_tiny+text": ["encoder@model.encoders.image=timm", "model.encoders.image.model_name=vit_tiny_patch16_224",
                       "model.encoders.image.pretrained=false"],
+    "vit_b16+bert_base": ["encoder@model.encoders.image=timm", "model.encoders.image.model_name=vit_base_patch16_224",
+                          "model.encoders.image.pretrained=false", "dataset.text_length=128",
+                          "dataset.num_train=2048", "dataset.num_val=256", "dataset.num_test=256",
+                          "trainer.batch_size=256", "trainer.eval_batch_size=256"],
+}
+FEATURE_CACHE_CPU = ("resnet18+text", "vit_tiny+text")
+#: :func:`tiny_bert`'s sizes per config (of both suites); others get its defaults (hidden 128, 2 layers).
+TEXT_SIZES: dict[str, dict[str, int]] = {
+    "vit_b16+bert_base": {"vocab_size": 30522, "hidden": 768, "layers": 12},  # BERT-base's shape
 }
 FEATURE_CACHE_DATA = ["modalities=[image,text,tabular]", "tasks=[category,tags]", "dataset.image_size=224",
                       "dataset.text_length=32", "dataset.num_train=64", "dataset.num_val=16", "dataset.num_test=16",
@@ -659,24 +739,57 @@ def epoch_seconds(recipe: TrainRecipe, epoch: int) -> float:
     return time.perf_counter() - t0
 
 
+def feature_cache_config(name: str, out: Path) -> list[str]:
+    """The overrides of :data:`FEATURE_CACHE_CONFIGS` ``name``, its text backbone (:func:`tiny_bert` of
+    :data:`TEXT_SIZES`) written under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    bert = tiny_bert(out / f"bert-{name}", **TEXT_SIZES.get(name, {}))
+    return [*FEATURE_CACHE_CONFIGS[name], "encoder@model.encoders.text=hf", f"model.encoders.text.model_name={bert}",
+            "model.encoders.text.pretrained=false", "dataset.vocab_size=100"]
+
+
+def encode_seconds(recipe: TrainRecipe, modalities: list[str]) -> float:
+    """Wall time of the ``modalities``' encoders alone over one epoch of ``recipe``'s training batches (no
+    gradients, the run's autocast): what extracting their features costs without writing them."""
+    sync(recipe.device)
+    t0 = time.perf_counter()
+    with torch.no_grad(), recipe.autocast:
+        for batch in recipe.train_loader.epoch(0):
+            for m in modalities:
+                recipe.model.encoders[m](batch.inputs[m])
+    sync(recipe.device)
+    return time.perf_counter() - t0
+
+
 def feature_cache_bench(name: str, overrides: list[str], frozen: list[str], rounds: int, out: Path) -> dict:
     """Epoch time of a run whose ``frozen`` encoders are served from the feature cache against the same run
     recomputing them (``model.feature_cache=off``), in alternating rounds; plus the one-off cost of the cache.
 
+    The run that recomputes is set up first (it warms the device and the imports), then a cold setup that
+    computes and writes the cache, then a warm one that reads it: the cold setup's extra time over the warm
+    one is the extraction (the frozen encoders over every split, and the writing).
+
     Returns:
-        A row: ``epoch_s_recompute``, ``epoch_s_cache`` (medians), ``speedup``, ``build_s`` (a cold
-        setup that computes and writes the cache), ``hit_setup_s`` (a warm one that reads it) and ``cache_mb``.
+        A row: ``epoch_s_recompute``, ``epoch_s_cache`` (medians), ``speedup``, ``build_s`` (the cold setup),
+        ``hit_setup_s`` (the warm one), ``extract_s`` (their difference), ``extract_samples_s`` (rows of every
+        split per second of it), ``encode_samples_s`` (the frozen encoders alone over the training split, no
+        writing) and ``cache_mb``.
     """
     cache = Path(tempfile.mkdtemp(prefix="features-", dir=out if out.is_dir() else None))
     base = QUIET + FEATURE_CACHE_DATA + overrides + [f"model.feature_cache_dir={cache}"] + \
         [f"++model.encoders.{m}.freeze=true" for m in frozen]  # the user's setting (finetune.FineTuning.freeze)
+    plain = make_recipe(base + ["model.feature_cache=off"], out / f"{name}-plain")
     t0 = time.perf_counter()
-    make_recipe(base, out / f"{name}-build")
+    built = make_recipe(base, out / f"{name}-build")
     build_s = time.perf_counter() - t0
+    rows = sum(len(s) for s in built.splits.values())
+    del built  # its device memory (a GPU-sized model)
     t0 = time.perf_counter()
     cached = make_recipe(base, out / f"{name}-cache")
     hit_s = time.perf_counter() - t0
-    plain = make_recipe(base + ["model.feature_cache=off"], out / f"{name}-plain")
+    extract_s = max(build_s - hit_s, 1e-6)
+    encode_seconds(plain, frozen)  # warm-up
+    encode_s = statistics.median(encode_seconds(plain, frozen) for _ in range(max(1, rounds)))
     if cached.model.precomputed != set(frozen):
         raise UserError(f"{name}: the cache served {sorted(cached.model.precomputed)}, expected {frozen}")
     epoch_seconds(cached, 0), epoch_seconds(plain, 0)  # warm-up
@@ -686,32 +799,42 @@ def feature_cache_bench(name: str, overrides: list[str], frozen: list[str], roun
         times["recompute"].append(epoch_seconds(plain, r + 1))
     size = sum(p.stat().st_size for p in cache.rglob("*.npy"))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"config": name, "frozen": "+".join(frozen), "samples": len(cached.splits["train"]),
+    train = len(cached.splits["train"])
+    return {"config": name, "frozen": "+".join(frozen), "device": str(cached.device), "samples": train,
             "epoch_s_recompute": med["recompute"], "epoch_s_cache": med["cache"],
             "speedup": med["recompute"] / med["cache"], "build_s": build_s, "hit_setup_s": hit_s,
-            "cache_mb": size / 1e6, "epoch_s_recompute_all": times["recompute"], "epoch_s_cache_all": times["cache"]}
+            "extract_s": extract_s, "extract_rows": rows, "extract_samples_s": rows / extract_s,
+            "encode_samples_s": train / encode_s, "cache_mb": size / 1e6,
+            "epoch_s_recompute_all": times["recompute"], "epoch_s_cache_all": times["cache"]}
 
 
 def print_feature_cache_table(rows: list[dict]) -> None:
-    """One line per config: epoch seconds recomputing and from the cache, the speedup, the cache's cost."""
-    head = (f"{'config':<16} {'frozen':<12} {'samples':>7} {'epoch recompute s':>18} {'epoch cached s':>15} "
-            f"{'speedup':>8} {'build s':>8} {'hit setup s':>12} {'cache MB':>9}")
+    """One line per config: epoch seconds recomputing and from the cache, the speedup, the cache's cost, and the
+    extraction's throughput (the cold build, and the encoders alone without writing)."""
+    head = (f"{'config':<18} {'samples':>7} {'epoch recompute s':>18} {'epoch cached s':>15} {'speedup':>8} "
+            f"{'build s':>8} {'hit setup s':>12} {'extract/s':>10} {'encode/s':>9} {'cache MB':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['config']:<16} error: {r['error']}")
+            print(f"{r['config']:<18} error: {r['error']}")
             continue
-        print(f"{r['config']:<16} {r['frozen']:<12} {r['samples']:>7} {r['epoch_s_recompute']:>18.3f} "
-              f"{r['epoch_s_cache']:>15.4f} {r['speedup']:>7.0f}x {r['build_s']:>8.1f} {r['hit_setup_s']:>12.1f} "
-              f"{r['cache_mb']:>9.2f}")
+        print(f"{r['config']:<18} {r['samples']:>7} {r['epoch_s_recompute']:>18.3f} {r['epoch_s_cache']:>15.4f} "
+              f"{r['speedup']:>7.0f}x {r['build_s']:>8.1f} {r['hit_setup_s']:>12.1f} {r['extract_samples_s']:>10,.0f} "
+              f"{r['encode_samples_s']:>9,.0f} {r['cache_mb']:>9.2f}")
 
 
 def tiny_bert(folder: Path, vocab_size: int = 128, hidden: int = 128, layers: int = 2) -> str:
-    """Write a small BERT-like model (random weights, ``save_pretrained``) to ``folder``; its path, for
-    ``encoder@model.encoders.text=hf model.encoders.text.model_name=<path>`` (no download)."""
+    """Write a BERT-like model (random weights, ``save_pretrained``) to ``folder``; its path, for
+    ``encoder@model.encoders.text=hf model.encoders.text.model_name=<path>`` (no download). Small by default;
+    ``vocab_size=30522, hidden=768, layers=12`` is BERT-base's shape (128 positions)."""
     import transformers
 
+    saved = folder / "config.json"
+    if saved.is_file():  # written before: kept if of these sizes (BERT-base takes seconds to write)
+        old = json.loads(saved.read_text())
+        if [old.get(k) for k in ("vocab_size", "hidden_size", "num_hidden_layers")] == [vocab_size, hidden, layers]:
+            return str(folder)
     config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                                      num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
                                      max_position_embeddings=128)
@@ -721,12 +844,18 @@ def tiny_bert(folder: Path, vocab_size: int = 128, hidden: int = 128, layers: in
 
 
 # ---------------------------------------------------------------------- fine-tuning choices: memory and step time
-#: Image backbone (timm, random weights) and its LoRA targets, per config; the text backbone is :func:`tiny_bert`.
+#: Image backbone (timm, random weights) and its LoRA targets, per config; the text backbone is :func:`tiny_bert`
+#: of :data:`TEXT_SIZES`. ``vit_b16+bert_base`` is GPU-sized: ViT-B/16 at 224 px and a BERT-base-sized model at 128
+#: tokens, batch 64 (its peak CUDA memory per choice is the table of docs/gpu.md).
 FINETUNE_CONFIGS: dict[str, tuple[list[str], str]] = {
     "vit_tiny+bert": (["encoder@model.encoders.image=timm", "model.encoders.image.model_name=vit_tiny_patch16_224",
                        "model.encoders.image.pretrained=false"], "[qkv,proj,fc1,fc2]"),
     "resnet18+bert": (["encoder@model.encoders.image=timm", "model.encoders.image.model_name=resnet18",
                        "model.encoders.image.pretrained=false"], "[conv1,conv2]"),
+    "vit_b16+bert_base": (["encoder@model.encoders.image=timm", "model.encoders.image.model_name=vit_base_patch16_224",
+                           "model.encoders.image.pretrained=false", "dataset.text_length=128", "dataset.num_train=256",
+                           "dataset.num_val=64", "dataset.num_test=64", "trainer.batch_size=64",
+                           "trainer.eval_batch_size=64"], "[qkv,proj,fc1,fc2]"),
 }
 #: What each choice sets on both backbone encoders (image and text).
 FINETUNE_CHOICES: dict[str, list[str]] = {
@@ -810,7 +939,7 @@ def finetune_bench(config: str, rounds: int, steps: int, warmup: int, out: Path,
 
     choices = choices or list(FINETUNE_CHOICES)
     out.mkdir(parents=True, exist_ok=True)
-    bert = tiny_bert(out / "bert")
+    bert = tiny_bert(out / f"bert-{config}", **TEXT_SIZES.get(config, {}))
     cache = Path(tempfile.mkdtemp(prefix="features-", dir=out))
     context = multiprocessing.get_context("spawn")
 
@@ -835,7 +964,8 @@ def finetune_bench(config: str, rounds: int, steps: int, warmup: int, out: Path,
         rows.append({"config": config, "choice": choice, "step_ms": 1000 * statistics.median(times),
                      "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
                      "step_rss_mb": max(run["peak_rss_mb"] - run["setup_peak_rss_mb"] for run in runs),
-                     "peak_cuda_mb": last["peak_cuda_mb"], "activations_mb": last["activations_mb"],
+                     "peak_cuda_mb": max((run["peak_cuda_mb"] for run in runs if run["peak_cuda_mb"] is not None),
+                                         default=None), "activations_mb": last["activations_mb"],
                      "trainable_params": last["trainable_params"], "optimizer_state_mb": last["optimizer_state_mb"],
                      "setup_s": statistics.median(run["setup_s"] for run in runs),
                      "cache_build_s": build_s if choice == "frozen+cache" else None, "step_s_all": times})
@@ -843,18 +973,22 @@ def finetune_bench(config: str, rounds: int, steps: int, warmup: int, out: Path,
 
 
 def print_finetune_table(rows: list[dict]) -> None:
-    """One line per (config, choice): step time, memory, trainable parameters, relative to full fine-tuning."""
+    """One line per (config, choice): step time, memory, trainable parameters, relative to full fine-tuning;
+    on CUDA also the peak CUDA memory of the steps (``torch.cuda.max_memory_allocated``, per process)."""
     full = {r["config"]: r for r in rows if r.get("choice") == "full" and "error" not in r}
-    head = (f"{'config':<15} {'choice':<19} {'step ms':>8} {'vs full':>7} {'peak RSS MB':>11} {'step RSS MB':>11} "
-            f"{'activations MB':>14} {'trainable':>11} {'optim MB':>8}")
+    cuda = any(r.get("peak_cuda_mb") is not None for r in rows)
+    head = (f"{'config':<17} {'choice':<19} {'step ms':>8} {'vs full':>7} {'peak RSS MB':>11} {'step RSS MB':>11} "
+            f"{'activations MB':>14} {'trainable':>11} {'optim MB':>8}" + (f" {'peak CUDA MB':>12}" if cuda else ""))
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
-            print(f"{r['config']:<15} error: {r['error']}")
+            print(f"{r['config']:<17} error: {r['error']}")
             continue
         ref = full.get(r["config"])
         ratio = f"{r['step_ms'] / ref['step_ms']:.2f}x" if ref else "-"
-        print(f"{r['config']:<15} {r['choice']:<19} {r['step_ms']:>8.1f} {ratio:>7} {r['peak_rss_mb']:>11.0f} "
+        peak = "" if not cuda else f" {r['peak_cuda_mb']:>12,.0f}" if r.get("peak_cuda_mb") is not None else \
+            f" {'-':>12}"
+        print(f"{r['config']:<17} {r['choice']:<19} {r['step_ms']:>8.1f} {ratio:>7} {r['peak_rss_mb']:>11.0f} "
               f"{r['step_rss_mb']:>11.0f} {r['activations_mb']:>14.1f} {r['trainable_params']:>11,} "
-              f"{r['optimizer_state_mb']:>8.1f}")
+              f"{r['optimizer_state_mb']:>8.1f}{peak}")

@@ -10,6 +10,7 @@ from :class:`~mtmm_train.training_log.TrainingLog`, preemption from :mod:`mtmm_t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -373,6 +374,9 @@ class TrainRecipe:
     def _train(self) -> float:
         t, lg = self.trainer, self.logger_cfg
         samples, t_log = 0, time.perf_counter()
+        # Where the time goes: seconds waiting for the next batch (the loader's next(), no device sync) against the
+        # loop's seconds, per log interval (train/data_wait) and for the run (metrics.json: train_data_wait_frac).
+        self.wait_s, self.loop_s, wait, t_wait = 0.0, 0.0, 0.0, time.perf_counter()
         # A run resumed after its early stop (killed before metrics.json) trains no further epoch.
         t_start, stopped_early = time.perf_counter(), self.batch_in_epoch == 0 and self.patience_exhausted()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (lg.progress_bar and self.dist.is_main),
@@ -386,8 +390,15 @@ class TrainRecipe:
             bar.set_description(f"epoch {self.epoch + 1}/{t.max_epochs}")
             start = self.batch_in_epoch
             window: list[Batch] = []  # the micro-batches of one optimizer step
-            for i, batch in enumerate(self.train_loader.epoch(self.epoch, start=start), start=start):
+            t_epoch = t_wait = time.perf_counter()
+            batches = self.train_loader.epoch(self.epoch, start=start)
+            for i in itertools.count(start):
                 if i >= self.epoch_batches:
+                    break
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                wait += time.perf_counter() - t0
+                if batch is None:
                     break
                 window.append(batch)
                 if len(window) < t.accumulate_grad_batches and i < self.epoch_batches - 1:
@@ -398,11 +409,15 @@ class TrainRecipe:
                 window = []
                 bar.update(1)
                 if self.step % lg.log_every_n_steps == 0 or self.step == self.total_steps:
-                    self.log_train(samples / max(time.perf_counter() - t_log, 1e-9), bar)
-                    samples, t_log = 0, time.perf_counter()
+                    now = time.perf_counter()
+                    self.log_train(samples / max(now - t_log, 1e-9), bar, data_wait=wait / max(now - t_wait, 1e-9))
+                    self.wait_s += wait
+                    samples, t_log, wait, t_wait = 0, time.perf_counter(), 0.0, time.perf_counter()
                 if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
                     self.save("last.pt")
                 self.stop_if_signalled(bar)
+            self.wait_s, wait = self.wait_s + wait, 0.0
+            self.loop_s += time.perf_counter() - t_epoch
             self.epoch += 1
             self.batch_in_epoch = 0
             stopped_early = self.end_of_epoch()
@@ -549,15 +564,18 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def log_train(self, samples_per_s: float, bar: tqdm) -> None:
+    def log_train(self, samples_per_s: float, bar: tqdm, data_wait: float | None = None) -> None:
         """Write the interval's mean losses, each of its steps' weights, the gates' weights and the
         task gradients' cosine similarities to TensorBoard and the progress bar (the loop's one host
-        read every ``logger.log_every_n_steps`` steps)."""
+        read every ``logger.log_every_n_steps`` steps); ``data_wait``: the interval's fraction of its
+        wall time spent waiting for the next batch (``train/data_wait``)."""
         losses, weights = self.log.flush()
         total = sum(weights[t] * losses[t] for t in losses)
         self.write_step_weights()
         scalars = {"train/loss/total": total, **{f"train/loss/{t}": v for t, v in losses.items()},
                    "train/lr": self.optimizer.param_groups[0]["lr"], "train/samples_per_s": samples_per_s}
+        if data_wait is not None:
+            scalars["train/data_wait"] = data_wait
         gates = self.model.mtl.gate_weights()
         if gates:
             scalars.update(zip([f"train/gate/{k}" for k in gates], torch.stack(list(gates.values())).tolist(),
@@ -744,6 +762,9 @@ class TrainRecipe:
             "stopped_early": stopped_early,
             "skipped_steps": self.skipped_steps,
             "train_seconds": seconds,
+            # The share of the training loop's time (evaluation left out) spent waiting for batches: near 1, the
+            # run is input-bound (docs/files.md, "Where the time goes").
+            "train_data_wait_frac": getattr(self, "wait_s", 0.0) / max(getattr(self, "loop_s", 0.0), 1e-9),
             "parameters": count_parameters(self.model),
             "world_size": self.dist.world_size,
             # The best checkpoint on the test split (trainer.test), keyed test/loss/<task>, test/<task>/<metric>.

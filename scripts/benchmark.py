@@ -6,7 +6,9 @@ loop over the same model, data and optimizer, alternating in one process (machin
     python scripts/benchmark.py --suite fusion balancers     # the fusion and balancer cost tables
     python scripts/benchmark.py --suite ablations --configs reference_small --modes bf16   # each technique off/on
     python scripts/benchmark.py --suite feature_cache      # frozen ViT/ResNet + BERT: epoch time, cache vs recompute
+    python scripts/benchmark.py --suite feature_cache finetune --configs vit_b16+bert_base   # GPU-sized (docs/gpu.md)
     python scripts/benchmark.py --suite finetune --rounds 1 --steps 4 --warmup 1   # memory/step time per fine-tuning
+    python scripts/benchmark.py --suite files --configs backbone_reference --rows 4096   # JPEG files (docs/files.md)
 
 Each config is a list of overrides (named presets, or ``--override``). The recipe side runs
 exactly what the training loop runs per step (``TrainRecipe.train_step``); the hand side is what
@@ -42,14 +44,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("/tmp/mtmm-benchmark"), help="scratch folder of the runs")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument("--suite", nargs="+", default=["recipe"],
-                        choices=["recipe", "fusion", "balancers", "ablations", "feature_cache", "finetune"],
+                        choices=["recipe", "fusion", "balancers", "ablations", "feature_cache", "finetune", "files"],
                         help="recipe: recipe vs hand loop; fusion: parameters, step time and memory per fusion at "
                              "2/3/4 modalities (also scripts/bench_fusion.py); balancers: step time vs static "
                              "weights for 2/4/8 tasks in both Jacobian spaces (also scripts/bench_balancers.py); "
                              "ablations: each speed technique off and on; feature_cache: epoch time of frozen "
                              "backbones served from the feature cache vs recomputed; finetune: step time and peak "
                              "memory per fine-tuning choice (frozen + cache, frozen, LoRA, full, full + gradient "
-                             "checkpointing), each in its own process")
+                             "checkpointing), each in its own process; files: one model fed from a JPEG + text "
+                             "manifest: memory vs streamed with host workers vs decode=device, data wait "
+                             "(mtmm_train/benchmarking_files.py; --configs tiny on a CPU)")
+    parser.add_argument("--rows", type=int, default=512, help="files: rows of the manifest it writes (cached in --out)")
+    parser.add_argument("--image-size", type=int, nargs=4, default=[240, 320, 375, 500], metavar=("MIN_H", "MIN_W",
+                        "MAX_H", "MAX_W"), help="files: the JPEGs' sizes, drawn between these")
+    parser.add_argument("--workers", type=int, default=None, help="files: DataLoader workers (default: cores - 1)")
+    parser.add_argument("--batches", type=int, default=20, help="files: timed batches per path")
     parser.add_argument("--choices", nargs="+", default=None,
                         help=f"finetune: the choices to measure: {', '.join(bench.FINETUNE_CHOICES)} (default: all)")
     parser.add_argument("--techniques", nargs="+", default=None,
@@ -69,15 +78,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print()
         bench.print_ablation_table(rows)
         bench.write_json(args.json, {"ablations": rows})
-    if "feature_cache" in args.suite:
-        args.out.mkdir(parents=True, exist_ok=True)
-        bert = bench.tiny_bert(args.out / "bert")
-        text = ["encoder@model.encoders.text=hf", f"model.encoders.text.model_name={bert}",
-                "model.encoders.text.pretrained=false", "dataset.vocab_size=100"]
-        rows = bench.run_jobs(({"config": name}, functools.partial(
-            bench.feature_cache_bench, name, overrides + text + args.override, ["image", "text"], args.rounds,
-            args.out)) for name, overrides in bench.FEATURE_CACHE_CONFIGS.items()
-            if name in args.configs or args.configs == parser.get_default("configs"))
+    if "feature_cache" in args.suite:  # default: the CPU configs; vit_b16+bert_base is GPU-sized
+        rows = bench.run_jobs(({"config": name}, lambda name=name: bench.feature_cache_bench(
+            name, bench.feature_cache_config(name, args.out) + args.override, ["image", "text"], args.rounds,
+            args.out)) for name in bench.FEATURE_CACHE_CONFIGS
+            if name in args.configs
+            or (args.configs == parser.get_default("configs") and name in bench.FEATURE_CACHE_CPU))
         print()
         bench.print_feature_cache_table(rows)
         bench.write_json(args.json, {"feature_cache": rows})
@@ -97,6 +103,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print()
         bench.print_finetune_table(rows)
         bench.write_json(args.json, {"finetune": rows})
+    if "files" in args.suite:
+        from mtmm_train import benchmarking_files as fb
+
+        manifest = fb.write_dataset(args.out, args.rows, tuple(args.image_size[:2]), tuple(args.image_size[2:]))
+        rows = []
+        for name in args.configs if args.configs != parser.get_default("configs") else ["tiny"]:
+            overrides = fb.config_overrides(name, args.modes or (["bf16"] if cuda else [])) + args.override
+            try:
+                new = fb.files_bench(name, overrides, manifest, args.out, args.workers, args.batches, args.warmup)
+            except Exception as e:  # record and go on to the next config
+                new = [{"config": name, "error": repr(e)[:500]}]
+            for row in new:
+                print(json.dumps(row), flush=True)
+            rows += new
+        print()
+        fb.print_files_table(rows)
+        bench.write_json(args.json, {"files": rows})
     if "recipe" not in args.suite:
         return []
     modes = args.modes or (list(bench.MODES) if cuda else ["fp32"])

@@ -29,6 +29,10 @@ HANG_GUARD_S = 3600
 # of being skipped, so CI cannot pass by skipping (see require_program).
 REQUIRE_SYSTEM_DEPS = "MTMM_REQUIRE_SYSTEM_DEPS"
 
+# The whole suite (no paths named: pytest's testpaths) runs on this many processes at most through
+# pytest-xdist, one file per process at a time, so that module fixtures run once: see workers().
+MAX_WORKERS = 4
+
 # A few seconds of CPU: small data, one short epoch, no progress bar.
 TINY = [
     "trainer.max_epochs=1",
@@ -40,6 +44,43 @@ TINY = [
     "logger.progress_bar=false",
     "logger.log_every_n_steps=1",
 ]
+
+
+def workers() -> int:
+    """How many processes run the whole suite: one per CPU core this process may use, 2 to ``MAX_WORKERS``;
+    0 (this process alone) on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, MAX_WORKERS) if cores >= 2 else 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Run the whole suite (``python -m pytest -q``, as README and CI do) in ``workers()`` processes.
+
+    Only where pytest-xdist is installed (the ``test`` extra), no ``-n`` was given (``-n 0``: this process
+    alone) and no paths were named: ``pytest tests/test_x.py`` and ``scripts/gpu_check.sh`` stay in one
+    process. Files, not tests, are shared out (``--dist loadfile``): a module fixture (a good run that many
+    tests read) runs once. Runs before xdist's own hook, which turns the count into processes.
+    """
+    if getattr(config.option, "numprocesses", 0) is not None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # no xdist, -n given, or in a worker already
+    if config.args_source != pytest.Config.ArgsSource.TESTPATHS or config.option.markexpr != "not gpu":
+        return
+    config.option.numprocesses = workers()
+    if config.option.dist == "no" and config.option.numprocesses:
+        config.option.dist = "loadfile"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, split the cores between the workers: torch's threads here, and OMP_NUM_THREADS for
+    the commands the tests start (unless set already); two workers with two threads each on two cores would
+    fight for them."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // count)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:

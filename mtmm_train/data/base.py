@@ -7,6 +7,7 @@ workers). Both have the same interface: ``len``, ``batch(index, epoch=None)``, `
 
 from __future__ import annotations
 
+import io
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,8 +171,16 @@ class FileSplit:
         b = self.batch(torch.arange(len(self)))
         return TensorSplit(b.inputs, b.present, b.targets, b.labeled, self.tensors.rows, None, self.tensors.seed)
 
+    def device_decoded(self) -> list[str]:
+        """The modalities whose JPEGs are decoded on the training device (image readers' ``decode: device``)."""
+        return [m for m, r in self.readers.items() if getattr(r, "decode_at", "host") == "device"]
+
     def batch(self, index: Tensor, epoch: int | None = None) -> Batch:
         """Decode the samples at ``index`` (each present file with its reader's ``decode``) into a Batch.
+
+        Modalities with ``decode: device`` are decoded here too, in this process, on the CPU (the
+        device path of :mod:`mtmm_train.data.device_decode`, which a :class:`StreamingLoader` runs on
+        the training device instead).
 
         Args:
             index: sample positions in this split (on the host).
@@ -180,6 +189,25 @@ class FileSplit:
         Raises:
             ComponentError: a file could not be decoded, or decoded to another shape or dtype;
                 names the modality, the file and its manifest row.
+        """
+        b, encoded = self.parts(index, epoch)
+        if encoded:
+            from mtmm_train.data.device_decode import decode_into
+
+            decode_into(b.inputs, encoded, self, "cpu")
+        return b
+
+    def parts(self, index: Tensor, epoch: int | None = None) -> tuple[Batch, dict[str, Any]]:
+        """What a DataLoader worker makes of the samples at ``index``: the batch, and the JPEGs left to decode.
+
+        Returns:
+            The batch (the JPEG rows of ``decode: device`` modalities still zeros) and modality ->
+            :class:`~mtmm_train.data.device_decode.EncodedImages` of those JPEGs (empty without such
+            modalities). Per-sample transforms are applied to the other modalities (an image reader
+            with ``decode: device`` has none: it refuses per-sample augmentation).
+
+        Raises:
+            ComponentError: as :meth:`batch`.
         """
         from mtmm_train.data.readers.base import where
         from mtmm_train.errors import ComponentError
@@ -193,6 +221,12 @@ class FileSplit:
         present = take(t.present)
         inputs = take(t.inputs)
         rows = t.rows.index_select(0, index) if t.rows is not None else index
+        deferred = self.device_decoded()
+        packers: dict[str, Any] = {}
+        if deferred:
+            from mtmm_train.data.device_decode import Packer, jpeg_header
+
+            packers = {m: Packer() for m in deferred}
         for m, reader in self.readers.items():
             shape, dtype = self.shapes[m]
             out = torch.zeros(len(index), *shape, dtype=dtype)
@@ -203,7 +237,16 @@ class FileSplit:
                     continue
                 at = where(self.columns.get(m, m), int(rows[j]), self.manifest)
                 try:
-                    x = reader.decode(path)
+                    if m in packers:  # decode=device: only the bytes of a JPEG the device can decode
+                        with open(path, "rb") as f:
+                            data = f.read()
+                        head = jpeg_header(data)
+                        if head is not None and head.device_ok:
+                            packers[m].add(data, j, head.orientation, int(rows[j]), i)
+                            continue
+                        x = reader.decode(io.BytesIO(data))  # any other file: on the host, as decode=host
+                    else:
+                        x = reader.decode(path)
                 except Exception as e:  # one line naming the file and its row, not a worker's traceback
                     raise ComponentError(f"dataset.modalities.{m}: {path} ({at}) could not be decoded: "
                                          f"{type(e).__name__}: {' '.join(str(e).split())[:160]}; fix or replace the "
@@ -215,8 +258,9 @@ class FileSplit:
                 out[j] = x
             inputs[m] = out
         b = Batch(inputs, present, take(t.targets), take(t.labeled))
-        apply_transforms(b.inputs, b.present, rows, t.readers, t.seed, epoch)
-        return b
+        readers = {m: r for m, r in t.readers.items() if m not in packers} if t.readers else t.readers
+        apply_transforms(b.inputs, b.present, rows, readers, t.seed, epoch)
+        return b, {m: p.pack() for m, p in packers.items() if p.slots}
 
     def to(self, device: torch.device | str) -> FileSplit:
         """The split itself: it stays on the host (its batches are moved by the loader)."""

@@ -2,9 +2,10 @@
 
 For data that does not fit on the device (or, memory-mapped from the cache, not even in host
 memory), and for a :class:`~mtmm_train.data.base.FileSplit`, whose workers decode the files of each
-batch. Workers gather whole batches by index, as :class:`InMemoryLoader` does, so there is
-no per-sample collate; the order of epoch ``e`` depends only on ``(seed, e)``, as there, and so
-do the per-sample transforms (seeded by sample, not by worker).
+batch (or, for ``decode: device`` image readers, read the JPEGs' bytes, which this process decodes on
+the training device: :mod:`mtmm_train.data.device_decode`). Workers gather whole batches by index,
+as :class:`InMemoryLoader` does, so there is no per-sample collate; the order of epoch ``e`` depends
+only on ``(seed, e)``, as there, and so do the per-sample transforms (seeded by sample, not by worker).
 """
 
 from __future__ import annotations
@@ -54,10 +55,16 @@ class _Batches(Dataset):
     def __getitem__(self, item: tuple[int | None, np.ndarray]) -> dict[str, Any]:
         epoch, index = item
         try:
-            b = self.split.batch(torch.from_numpy(index), epoch)
+            if isinstance(self.split, FileSplit):  # decode=device: JPEGs come back as bytes, under "encoded"
+                b, encoded = self.split.parts(torch.from_numpy(index), epoch)
+            else:
+                b, encoded = self.split.batch(torch.from_numpy(index), epoch), {}
         except UserError as e:
             return {"error": str(e)}
-        return {f: {k: v.numpy() for k, v in getattr(b, f).items()} for f in FIELDS}
+        out = {f: {k: v.numpy() for k, v in getattr(b, f).items()} for f in FIELDS}
+        if encoded:
+            out["encoded"] = {k: v for m, e in encoded.items() for k, v in e.arrays(m).items()}
+        return out
 
 
 class _EpochBatches:
@@ -132,7 +139,12 @@ class StreamingLoader:
                 raise UserError(arrays["error"])
             # Page-locked host memory lets the copy to the GPU run without blocking this thread.
             d = {f: {k: _tensor(v, self.pin) for k, v in arrays[f].items()} for f in FIELDS}
-            yield Batch(d["inputs"], d["present"], d["targets"], d["labeled"]).to(self.device, non_blocking=True)
+            batch = Batch(d["inputs"], d["present"], d["targets"], d["labeled"]).to(self.device, non_blocking=True)
+            if "encoded" in arrays:  # decode=device: the batch's JPEGs, decoded on the training device
+                from mtmm_train.data.device_decode import EncodedImages, decode_into
+
+                decode_into(batch.inputs, EncodedImages.unpack(arrays["encoded"]), self.index.split, self.device)
+            yield batch
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

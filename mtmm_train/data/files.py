@@ -143,9 +143,10 @@ def _decode_or_load(path: Path, table: Table, mod_readers: dict[str, ModalityRea
                           unseen_classes, num_workers, manifest=path, val_fraction=val_fraction, stream=True)
     # The key covers exactly what changes the tensors: the seed only where it draws rows (ratios, val_fraction).
     settings = {k: args[k] for k in ("format", "modalities", "tasks", "split_column", "unseen_classes")}
-    # Train-time augmentation runs after the cache: changing it reuses the decoded tensors.
-    settings["modalities"] = {m: {k: v for k, v in node.items() if k != "augment"} if isinstance(node, dict) else node
-                              for m, node in settings["modalities"].items()}
+    # Train-time augmentation runs after the cache, and a cached image is decoded on the host whatever its
+    # reader's decode (host|device) says: changing either reuses the decoded tensors.
+    settings["modalities"] = {m: {k: v for k, v in node.items() if k not in ("augment", "decode")}
+                              if isinstance(node, dict) else node for m, node in settings["modalities"].items()}
     if split_column is None:
         settings.update(split_ratios=split_ratios, seed=seed)
     if (delimiter, encoding) != ("auto", "utf-8"):  # only when set: the default keeps existing cache entries

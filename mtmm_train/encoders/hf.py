@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,19 @@ class HFEncoder(Encoder):
     image processor's mean and std on the device; waveforms as the feature extractor does. The
     reader's tokenizer, length, image size and sample rate come from the model (:meth:`preprocessing`).
 
+    Built from a config instead (``config``: ``model_type`` and the fields to change), the model has random
+    weights and reads no file and no network: a reference architecture for benchmarks (ViT-B/16, BERT-base)
+    without a download. It then has no image processor or tokenizer: images are normalised with mean and
+    std 0.5 (unless set), images are resized to the config's ``image_size``, and text arrives as the
+    reader's own word ids (or the dataset's), which must fit the config's ``vocab_size``.
+
     Args:
         modality: the modality spec (passed in by the recipe).
-        model_name: a local model folder, or a hub name already in the local cache (downloaded when online).
+        model_name: a local model folder, or a hub name already in the local cache (downloaded when online);
+            with ``config``: only a label (logs, run names).
+        config: null: the config of ``model_name``; a mapping: ``model_type`` (``bert``, ``vit``...) plus
+            any fields of that model's config, built with ``AutoConfig.for_model`` and
+            ``AutoModel.from_config`` (random weights, ``pretrained`` must be false).
         tower: one part of a paired or encoder-decoder model: ``vision`` or ``text`` (CLIP: ``vision_model``,
             ``text_model``), ``encoder`` (Whisper); null: the whole model (an encoder-decoder: its encoder).
         pooling: ``cls`` (first token), ``mean`` (all positions), ``masked_mean`` (positions the attention
@@ -50,7 +62,8 @@ class HFEncoder(Encoder):
         std: per-channel pixel std; null: the image processor's.
     """
 
-    def __init__(self, modality: ModalitySpec, model_name: str = "bert-base-uncased", tower: str | None = None,
+    def __init__(self, modality: ModalitySpec, model_name: str = "bert-base-uncased",
+                 config: dict[str, Any] | None = None, tower: str | None = None,
                  pooling: str = "cls", out_dim: int | None = None, max_length: int | None = 128,
                  pretrained: bool = True, mean: list[float] | None = None, std: list[float] | None = None) -> None:
         super().__init__(modality, kinds=("tokens", "image", "sequence"))
@@ -58,7 +71,8 @@ class HFEncoder(Encoder):
         if pooling not in POOLINGS:
             raise SettingError("pooling", f"must be one of {', '.join(POOLINGS)}, found {pooling!r}")
         self.model_name, self.pooling = model_name, pooling
-        backbone, config, main = load(model_name, tower, pretrained)
+        self.built_from_config = config is not None
+        backbone, config, main = load(model_name, tower, pretrained, config)
         kind = INPUTS[main]
         if kind != modality.kind:
             raise ComponentError(f"HFEncoder with '{model_name}'{f' (tower {tower})' if tower else ''} reads {kind} "
@@ -69,12 +83,12 @@ class HFEncoder(Encoder):
         self.backbone = backbone
         self.main_input = main
         self.kind = kind
-        self._key, self._source = f"model.encoders.{modality.name}", f"hf {model_name}"
+        self._key, self._source = f"model.encoders.{modality.name}", describe(model_name, self.built_from_config)
         self._check_reader(modality, config)
         self.extractor = None
         self.normalize_wave = False
         if kind == "image":
-            proc = processor(model_name, "image") or {}
+            proc = {} if self.built_from_config else processor(model_name, "image") or {}
             channels = modality.shape[0]
             self.register_buffer("mean", channel_stats(mean, tuple(proc.get("image_mean") or (0.5,) * 3), channels,
                                                        "mean"), persistent=False)
@@ -85,11 +99,12 @@ class HFEncoder(Encoder):
             takes = inspect.signature(backbone.forward).parameters
             self.interpolate = size != tuple(modality.shape[1:]) and "interpolate_pos_encoding" in takes
         elif kind == "sequence":
-            extractor = processor(model_name, "audio", obj=True)
+            extractor = None if self.built_from_config else processor(model_name, "audio", obj=True)
             if main == "input_features" or getattr(extractor, "feature_size", 1) > 1:
                 if extractor is None:
                     raise ComponentError(f"'{model_name}' has no feature extractor (preprocessor_config.json), which "
-                                         f"its {main} need; save one with the model")
+                                         f"its {main} need; save one with the model (a model built from "
+                                         f"{KEY}.config has none: give a model folder instead)")
                 self.extractor = extractor
             else:
                 self.normalize_wave = bool(getattr(extractor, "do_normalize", False))
@@ -101,14 +116,27 @@ class HFEncoder(Encoder):
 
     @classmethod
     def preprocessing(cls, settings: dict[str, Any]) -> Preprocessing:
-        """The model's tokenizer and length, image size and interpolation, or sample rate."""
+        """The model's tokenizer and length, image size and interpolation, or sample rate.
+
+        A model built from ``config`` has no tokenizer, image processor or feature extractor: it asks for
+        the image size of its config (``image_size``), a text length capped by ``max_position_embeddings``
+        (the reader keeps its own word vocabulary), or 16 kHz raw audio.
+        """
         name = str(settings.get("model_name", "bert-base-uncased"))
         tower = settings.get("tower")
-        config = load_config(name)
+        given = settings.get("config")
+        if given is not None:
+            check_random(given, settings.get("pretrained", True))
+            config = from_config(given)
+        else:
+            config = load_config(name)
         with torch.device("meta"):
-            _, sub_config, main = pick_tower(auto_model(config), config, name, tower)
-        source = f"hf {name}"
+            _, sub_config, main = pick_tower(random_model(config) if given is not None else auto_model(config),
+                                             config, name, tower)
+        source = describe(name, given is not None)
         kind = INPUTS[main]
+        if given is not None:
+            return config_preprocessing(kind, sub_config, settings.get("max_length", 128), source)
         if kind == "tokens":
             longest = model_max_length(name, sub_config)
             want = settings.get("max_length", 128)
@@ -128,9 +156,16 @@ class HFEncoder(Encoder):
         info = modality.info
         if self.kind == "tokens":
             model_vocab = getattr(config, "vocab_size", None)
-            if "tokenizer" in info and info["tokenizer"] is None:
+            too_many = bool(model_vocab and modality.vocab_size and modality.vocab_size - 1 > model_vocab)
+            if self.built_from_config:  # no tokenizer of its own: the reader's word ids (or the dataset's) must fit
+                if too_many:
+                    raise SettingError("config", f"has vocab_size {model_vocab}, but modality '{modality.name}' "
+                                       f"has {modality.vocab_size - 1} token ids (padding aside); set "
+                                       f"{KEY}.config.vocab_size={modality.vocab_size - 1} or more, or give the "
+                                       "data a smaller vocabulary")
+            elif "tokenizer" in info and info["tokenizer"] is None:
                 check_same("tokenizer", None, local_name(self.model_name), self._key, self._source)
-            if model_vocab and modality.vocab_size and modality.vocab_size - 1 > model_vocab:
+            if not self.built_from_config and too_many:
                 check_same("tokenizer", info.get("tokenizer"), f"{local_name(self.model_name)} (ids below "
                            f"{model_vocab}, found {modality.vocab_size - 1})", self._key, self._source)
             longest = getattr(config, "max_position_embeddings", None)
@@ -139,7 +174,8 @@ class HFEncoder(Encoder):
         elif self.kind == "sequence" and info:
             if "features" in info:
                 check_same("features", info["features"], "raw", self._key, self._source)
-            rate = getattr(processor(self.model_name, "audio", obj=True), "sampling_rate", None)
+            rate = None if self.built_from_config else getattr(processor(self.model_name, "audio", obj=True),
+                                                         "sampling_rate", None)
             if rate and "sample_rate" in info:
                 check_same("sample_rate", info["sample_rate"], int(rate), self._key, self._source)
 
@@ -295,11 +331,132 @@ def pick_tower(model: nn.Module, config: Any, name: str, tower: str | None) -> t
     return sub, sub_config, main
 
 
-def load(name: str, tower: str | None, pretrained: bool) -> tuple[nn.Module, Any, str]:
-    """The encoding part of model ``name``, its config and its main input name."""
+def load(name: str, tower: str | None, pretrained: bool,
+         given: dict[str, Any] | None = None) -> tuple[nn.Module, Any, str]:
+    """The encoding part of model ``name`` (or of a model built from the config mapping ``given``), its config
+    and its main input name."""
+    if given is not None:
+        check_random(given, pretrained)
+        config = from_config(given)
+        return pick_tower(random_model(config), config, name, tower)
     config = load_config(name)
     model = auto_model(config, name if pretrained else None)
     return pick_tower(model, config, name, tower)
+
+
+def describe(name: str, from_config: bool) -> str:
+    """How messages name the model: ``hf <model_name>``, plus ``(built from config)`` for a config-built one."""
+    return f"hf {name}" + (" (built from config)" if from_config else "")
+
+
+def show(value: Any) -> str:
+    """A config mapping as it is written on the command line: ``{model_type: bert, hidden_size: 768}``."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_random(given: Any, pretrained: Any) -> None:
+    """Refuse ``config`` together with ``pretrained: true`` (a config gives random weights only).
+
+    Raises:
+        SettingError: about ``config``.
+    """
+    if pretrained is not False:
+        raise SettingError("config", f"is {show(given)}, which builds a model with random weights, but "
+                           f"{KEY}.pretrained is {show(pretrained)}; set {KEY}.pretrained=false, or "
+                           f"{KEY}.config=null to load the weights of {KEY}.model_name")
+
+
+def config_fields(cls: type) -> set[str]:
+    """The fields a ``transformers`` config class takes: its (and its bases') constructor parameters and the
+    attributes of a default instance."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {n for n, p in inspect.signature(init).parameters.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+    try:
+        names |= set(cls().to_dict())
+    except Exception:  # a config without defaults for every field: the parameters above must do
+        pass
+    return names | {"attn_implementation"}
+
+
+def from_config(given: Any) -> Any:
+    """A ``transformers`` config built from the mapping ``given`` (``model_type`` plus fields to change) with
+    ``AutoConfig.for_model``: no file and no network.
+
+    Raises:
+        SettingError: about ``config``: not a mapping, no or unknown ``model_type``, a field that model type's
+            config does not have (a typo would otherwise pass unnoticed), or a value it refuses.
+    """
+    transformers = backbones("transformers", "encoder hf")
+    example = f"e.g. {KEY}.config={{model_type: bert, hidden_size: 768, num_hidden_layers: 12}}"
+    if not isinstance(given, Mapping) or not given.get("model_type"):
+        raise SettingError("config", f"is {show(given)}, which names no model_type; give the model type and the "
+                           f"fields to change, {example}")
+    fields = dict(given)
+    model_type = str(fields.pop("model_type"))
+    known = list(transformers.CONFIG_MAPPING.keys())
+    if model_type not in known:
+        close = difflib.get_close_matches(model_type, known, n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise SettingError("config", f"has model_type '{model_type}', which transformers {transformers.__version__} "
+                           f"does not know; {hint}choose one of transformers.CONFIG_MAPPING (bert, vit, roberta, "
+                           "clip, wav2vec2, ...)")
+    cls = transformers.CONFIG_MAPPING[model_type]
+    allowed = config_fields(cls)
+    for field in fields:
+        if field not in allowed:
+            close = difflib.get_close_matches(field, sorted(allowed), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise SettingError("config", f"has {field}: {show(fields[field])}, which is not a field of "
+                               f"{cls.__name__} ({model_type}); {hint}remove it or correct its name")
+    try:
+        return transformers.AutoConfig.for_model(model_type, **fields)
+    except Exception as e:  # a value of the wrong kind (transformers' validation)
+        raise SettingError("config", f"is {show(given)}, which {cls.__name__} refuses ({one_line(e)}); correct "
+                           "that field") from None
+
+
+def random_model(config: Any) -> nn.Module:
+    """``AutoModel.from_config``: random weights of a config built by :func:`from_config`.
+
+    Raises:
+        SettingError: about ``config``: fields that do not make a model (e.g. a hidden size that is not a
+            multiple of the number of heads).
+    """
+    transformers = backbones("transformers", "encoder hf")
+    try:
+        return transformers.AutoModel.from_config(config)
+    except Exception as e:
+        raise SettingError("config", f"is a {getattr(config, 'model_type', '')} config that builds no model "
+                           f"({one_line(e)}); correct those fields") from None
+
+
+def config_preprocessing(kind: str, config: Any, want: int | None, src: str) -> Preprocessing:
+    """What a model built from a config asks of its reader: no tokenizer, image processor or feature extractor.
+
+    Text: ``max_length`` (``want``, capped by ``max_position_embeddings``); images: the config's
+    ``image_size`` and ``num_channels``; audio: 16 kHz raw waveforms.
+    """
+    if kind == "tokens":
+        longest = getattr(config, "max_position_embeddings", None)
+        length = min(want or longest, longest) if longest else want
+        return Preprocessing(max_length=length, source=src)
+    if kind == "image":
+        size, _ = image_size({}, config)
+        return Preprocessing(size=size, channels=int(getattr(config, "num_channels", 3) or 3), source=src)
+    return Preprocessing(sample_rate=16000, features="raw", source=src)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    return " ".join(str(e).split())[:200]
 
 
 def processor(name: str, kind: str, obj: bool = False) -> Any:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -17,8 +18,11 @@ from mtmm_train.data.optional import require
 from mtmm_train.data.readers.base import ModalityReader, ReadContext, ReadResult, decode_files, resolve, stack_present
 from mtmm_train.errors import SettingError
 
+log = logging.getLogger("mtmm_train")
+
 DEFAULT_SIZE = (32, 32)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+DECODES = ("host", "device")
 # Pillow modes of more than 8 bits per sample -> the largest value of their range (scaled to 255).
 HIGH_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 
@@ -40,6 +44,12 @@ class ImageReader(ModalityReader):
     5. Resize to ``size`` (``crop_pct`` null: both sides, the aspect ratio not kept), or as timm's
        evaluation does (``crop_pct`` set: the shorter side to ``size / crop_pct``, then a centre crop).
 
+    ``decode=device`` (``dataset.storage=stream`` only): the DataLoader workers read each JPEG's bytes
+    and the training process decodes the batch on the training device (nvjpeg on CUDA, torchvision
+    on a CPU run), then orients, resizes and crops it there with the same geometry
+    (:mod:`mtmm_train.data.device_decode`). Other files, and JPEGs the device cannot decode (CMYK,
+    12-bit), are decoded here in the workers as with ``decode=host``.
+
     Args:
         name: the modality name (passed in by the dataset).
         column: the column of paths (relative to the manifest's folder); null: ``name``.
@@ -50,13 +60,16 @@ class ImageReader(ModalityReader):
         background: the grey level ``0..255`` transparent pixels are composited over (255: white).
         augment: train-time augmentation (``preset`` and settings, :mod:`mtmm_train.data.augment`); the
             transform keeps ``uint8`` pixels at ``size``.
+        decode: ``host`` (Pillow, in the DataLoader workers) or ``device`` (JPEGs of streamed batches
+            decoded on the training device; needs ``augment.device=cuda`` or no augmentation, and an
+            interpolation other than lanczos).
     """
 
     reads_files = True
 
     def __init__(self, name: str, column: str | None = None, size: Any = None, interpolation: str | None = None,
                  crop_pct: float | None = None, channels: int | None = None, background: int = 255,
-                 augment: dict[str, Any] | None = None) -> None:
+                 augment: dict[str, Any] | None = None, decode: str | None = None) -> None:
         super().__init__(name, column)
         size = DEFAULT_SIZE if size is None else tuple(size) if isinstance(size, list | tuple) else (size, size)
         if not (len(size) == 2 and all(isinstance(s, int) and s >= 1 for s in size)):
@@ -77,14 +90,28 @@ class ImageReader(ModalityReader):
         self.channels, self.background = channels, background
         self.augment = aug.settings_for("image", augment)
         self.augment_device = aug.augment_device(augment)
+        decode = decode or "host"
+        if decode not in DECODES:
+            raise SettingError("decode", f"must be host (Pillow, in the DataLoader workers) or device (JPEGs decoded "
+                               f"on the training device), found {decode!r}")
+        if decode == "device" and interpolation == "lanczos":
+            raise SettingError("decode", "is device, but interpolation=lanczos has no device implementation; use "
+                               "interpolation=bicubic (or bilinear), or decode=host")
+        if decode == "device" and self.augment_device != "cuda" and aug.has_image_ops(self.augment):
+            raise SettingError("decode", "is device, so the pixels do not exist yet in the DataLoader workers where "
+                               "per-sample augmentation (augment.device=cpu) runs; set augment.device=cuda (each batch "
+                               "augmented on the training device after decoding), augment=none, or decode=host")
+        self.decode_at = decode
+        self._host_logged = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of every decoded image."""
         return (self.channels, *self.size)
 
-    def decode(self, path: Path) -> Tensor:
-        """Open one image and return ``(C, H, W)`` ``uint8`` pixels (the steps in the class docstring)."""
+    def decode(self, path: Path | BinaryIO) -> Tensor:
+        """Open one image (a path, or its bytes as a file object) and return ``(C, H, W)`` ``uint8`` pixels
+        (the steps in the class docstring)."""
         image_mod = require("PIL.Image", "data", "reading image files", package="pillow")
         ops = require("PIL.ImageOps", "data", "reading image files", package="pillow")
         with image_mod.open(path) as im:
@@ -93,7 +120,8 @@ class ImageReader(ModalityReader):
             im = self._resize(im, image_mod)
             x = np.asarray(im, dtype=np.uint8)  # (H, W) or (H, W, 3)
         x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        return torch.from_numpy(x if x.flags.writeable else x.copy())  # grayscale: Pillow's read-only buffer
 
     def _to_8bit(self, im: Any, image_mod: Any) -> Any:
         """``L`` or ``RGB`` at 8 bits per sample, scaled by the bit depth, transparency composited."""
@@ -122,27 +150,42 @@ class ImageReader(ModalityReader):
             im = image_mod.alpha_composite(back, rgba).convert("RGB")
         return im.convert("L" if self.channels == 1 else "RGB")
 
-    def _resize(self, im: Any, image_mod: Any) -> Any:
-        resample = getattr(image_mod.Resampling, self.interpolation.upper())
+    def resized(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """Where an image of ``height x width`` goes: ``(new_h, new_w, top, left)``, resized to
+        ``new_h x new_w`` and then cropped to ``size`` from ``(top, left)`` (0, 0 without ``crop_pct``).
+
+        The one geometry of both decoders (Pillow here, :mod:`mtmm_train.data.device_decode` on the device).
+        """
         h, w = self.size
         if self.crop_pct is None:
-            return im.resize((w, h), resample) if im.size != (w, h) else im
+            return h, w, 0, 0
         scale = (math.floor(h / self.crop_pct), math.floor(w / self.crop_pct))
-        width, height = im.size
         if scale[0] == scale[1]:  # as timm's eval transform: the shorter side to the scale, aspect kept
             short = scale[0]
             if width <= height:  # torchvision's Resize(int): the longer side truncated
-                new = (short, int(short * height / width))
+                new_h, new_w = int(short * height / width), short
             else:
-                new = (int(short * width / height), short)
+                new_h, new_w = short, int(short * width / height)
         else:
-            new = (scale[1], scale[0])
-        im = im.resize(new, resample) if im.size != new else im
-        left, top = (new[0] - w) // 2, (new[1] - h) // 2
+            new_h, new_w = scale
+        return new_h, new_w, (new_h - h) // 2, (new_w - w) // 2
+
+    def _resize(self, im: Any, image_mod: Any) -> Any:
+        resample = getattr(image_mod.Resampling, self.interpolation.upper())
+        h, w = self.size
+        width, height = im.size
+        new_h, new_w, top, left = self.resized(height, width)
+        im = im.resize((new_w, new_h), resample) if im.size != (new_w, new_h) else im
+        if self.crop_pct is None:
+            return im
         return im.crop((left, top, left + w, top + h))
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
         require("PIL.Image", "data", "reading image files", package="pillow")
+        if self.decode_at == "device" and not self._host_logged:  # storage=memory|cache, mtmm-predict
+            self._host_logged = True
+            log.info("dataset.modalities.%s.decode=device applies to streamed batches (dataset.storage=stream); "
+                     "these files are decoded once, on the host, with Pillow", self.name)
         cells = table[self.column]
         rows = [i for i, v in enumerate(cells) if not is_empty(v)]
         images = decode_files([resolve(ctx.root, cells[i]) for i in rows], self.decode, ctx, "images", rows=rows,
