@@ -11,7 +11,9 @@ the same model (one recipe, built and compiled once, fed by each loader in turn)
 * ``stream_host``: ``dataset.storage=stream``, DataLoader workers (``--workers``, default all cores
   but one) decode each batch with Pillow;
 * ``stream_device``: ``dataset.storage=stream`` with ``decode=device``: the workers read the JPEGs'
-  bytes, the training process decodes each batch on the device (:mod:`mtmm_train.data.device_decode`).
+  bytes, the training process decodes each batch on the device (:mod:`mtmm_train.data.device_decode`),
+  one batch ahead of the step in a thread (``loader.decode_ahead=1``); with ``--decode-ahead 1 0`` also
+  ``stream_device_ahead0``: decoded in the training thread right before each step (what the thread saves).
 
 For each: samples/s of training (the loader's batches through the loop's own step), its ratio to
 ``memory``, and the share of that time the loop waited for the next batch (``data_wait``, as
@@ -189,8 +191,13 @@ def decode_rates(cfg_host: DictConfig, cfg_device: DictConfig, device: torch.dev
     return {"host_decode_1core": host_rate, "device_decode": decoded / (time.perf_counter() - t0)}
 
 
+def device_path(ahead: int) -> str:
+    """The row of ``decode=device`` with ``decode_ahead=ahead``: ``stream_device`` for the default (1)."""
+    return "stream_device" if ahead == 1 else f"stream_device_ahead{ahead}"
+
+
 def files_bench(name: str, overrides: list[str], manifest: Path, out: Path, workers: int | None = None,
-                batches: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+                batches: int = 20, warmup: int = 3, decode_ahead: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
     """The suite's rows for one config (see the module docstring).
 
     Args:
@@ -201,6 +208,7 @@ def files_bench(name: str, overrides: list[str], manifest: Path, out: Path, work
         workers: DataLoader workers of the streamed paths (default: all cores but one).
         batches: timed batches per path (training, and the loader alone).
         warmup: untimed training steps first (and compilation), and untimed loader batches.
+        decode_ahead: the ``decode=device`` path once per value of the loader's ``decode_ahead``.
     """
     workers = max(1, (os.cpu_count() or 2) - 1) if workers is None else workers
     cache = Path(out) / "cache"
@@ -211,14 +219,15 @@ def files_bench(name: str, overrides: list[str], manifest: Path, out: Path, work
     recipe.setup()
     t, device = recipe.trainer, recipe.device
     loaders: dict[str, Any] = {"memory": recipe.train_loader}
-    for path in PATHS[1:]:
-        data = builders.build_data(cfgs[path])
-        loaders[path] = StreamingLoader(data.splits["train"], t.batch_size, shuffle=True, drop_last=True,
-                                        seed=recipe.seed, device=device, num_workers=workers, train=True)
+    splits = {p: builders.build_data(cfgs[p]).splits["train"] for p in PATHS[1:]}
+    for path, split, ahead in [("stream_host", splits["stream_host"], 1),
+                               *[(device_path(a), splits["stream_device"], a) for a in decode_ahead]]:
+        loaders[path] = StreamingLoader(split, t.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
+                                        device=device, num_workers=workers, train=True, decode_ahead=ahead)
     rows: list[dict[str, Any]] = []
     base = {"config": name, "device": str(device), "batch_size": t.batch_size, "workers": workers,
             "rows": len(recipe.data.splits["train"])}
-    for path in PATHS:
+    for path in list(loaders):
         it = batches_of(loaders[path])
         timed(recipe, it, warmup, train=True)
         train_rate, wait = timed(recipe, it, batches, train=True)
@@ -239,7 +248,7 @@ def files_bench(name: str, overrides: list[str], manifest: Path, out: Path, work
 def print_files_table(rows: list[dict[str, Any]]) -> None:
     """One line per path of :func:`files_bench`'s rows: training samples/s, ratio to memory, data wait,
     the loader alone; then the decoders' rates."""
-    head = (f"{'config':<20} {'path':<18} {'train/s':>10} {'vs memory':>9} {'data wait':>9} {'loader/s':>10} "
+    head = (f"{'config':<20} {'path':<20} {'train/s':>10} {'vs memory':>9} {'data wait':>9} {'loader/s':>10} "
             f"{'decode/s':>10}")
     print(head)
     print("-" * len(head))
@@ -252,7 +261,7 @@ def print_files_table(rows: list[dict[str, Any]]) -> None:
                  f"{r['data_wait']:>9.2f}" if "data_wait" in r else f"{'':>9}",
                  f"{r['loader_samples_s']:>10,.1f}" if "loader_samples_s" in r else f"{'':>10}",
                  f"{r['decode_samples_s']:>10,.1f}" if "decode_samples_s" in r else f"{'':>10}"]
-        print(f"{r['config']:<20} {r['path']:<18} " + " ".join(cells))
+        print(f"{r['config']:<20} {r['path']:<20} " + " ".join(cells))
 
 
 def config_overrides(name: str, modes: list[str]) -> list[str]:

@@ -416,6 +416,8 @@ class TrainRecipe:
                 if t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0:
                     self.save("last.pt")
                 self.stop_if_signalled(bar)
+            if hasattr(batches, "close"):  # an epoch cut short: a loader's decode-ahead thread stops before evaluation
+                batches.close()
             self.wait_s, wait = self.wait_s + wait, 0.0
             self.loop_s += time.perf_counter() - t_epoch
             self.epoch += 1

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "MAX_H", "MAX_W"), help="files: the JPEGs' sizes, drawn between these")
     parser.add_argument("--workers", type=int, default=None, help="files: DataLoader workers (default: cores - 1)")
     parser.add_argument("--batches", type=int, default=20, help="files: timed batches per path")
+    parser.add_argument("--decode-ahead", type=int, nargs="+", default=[1], metavar="N",
+                        help="files: the decode=device path once per value of loader.decode_ahead (batches decoded "
+                             "ahead of the step in a thread; 0: in the training thread), e.g. 1 0 side by side")
     parser.add_argument("--choices", nargs="+", default=None,
                         help=f"finetune: the choices to measure: {', '.join(bench.FINETUNE_CHOICES)} (default: all)")
     parser.add_argument("--techniques", nargs="+", default=None,
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in args.configs if args.configs != parser.get_default("configs") else ["tiny"]:
             overrides = fb.config_overrides(name, args.modes or (["bf16"] if cuda else [])) + args.override
             try:
-                new = fb.files_bench(name, overrides, manifest, args.out, args.workers, args.batches, args.warmup)
+                new = fb.files_bench(name, overrides, manifest, args.out, args.workers, args.batches, args.warmup,
+                                     tuple(args.decode_ahead))
             except Exception as e:  # record and go on to the next config
                 new = [{"config": name, "error": repr(e)[:500]}]
             for row in new:

@@ -32,6 +32,12 @@ REQUIRE_SYSTEM_DEPS = "MTMM_REQUIRE_SYSTEM_DEPS"
 # The whole suite (no paths named: pytest's testpaths) runs on this many processes at most through
 # pytest-xdist, one file per process at a time, so that module fixtures run once: see workers().
 MAX_WORKERS = 4
+# The files that take longest (``pytest --durations=0``, summed per file, on a 2-core CI machine),
+# longest first: they start first. The order only balances the processes' loads.
+SLOWEST_FIRST = [
+    "test_distributed.py", "test_filesystem_faults.py", "test_crash_safety.py", "test_sweeps.py",
+    "test_backbone_integration.py", "test_scripts.py",
+]
 
 # A few seconds of CPU: small data, one short epoch, no progress bar.
 TINY = [
@@ -69,6 +75,17 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     config.option.numprocesses = workers()
     if config.option.dist == "no" and config.option.numprocesses:
         config.option.dist = "loadfile"
+        config.option.loadscopereorder = False  # not the biggest files first: the slowest (SLOWEST_FIRST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker, order the files ``SLOWEST_FIRST``, then the rest as collected (each file's tests
+    keep their order): the scheduler hands files out in this order, so no long file starts last while the
+    other processes have nothing left to do."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,8 +7,10 @@ geometry) that runs with nvjpeg on CUDA. The pixels are held to the host path's 
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from mtmm_train.data import StreamingLoader
 from mtmm_train.data.device_decode import EncodedImages, decode_into, jpeg_header
 from mtmm_train.data.files import files
 from mtmm_train.data.readers.image import ImageReader
-from mtmm_train.errors import UserError
+from mtmm_train.errors import ComponentError, UserError
 from mtmm_train.recipe import TrainRecipe
 from mtmm_train.tensorboard import event_dir
 
@@ -234,6 +236,163 @@ def test_cli_refuses_device_decoding_with_per_sample_augmentation(manifest: Path
     last = r.stderr.strip().splitlines()[-1]
     assert "dataset.modalities.image.decode is device" in last and "augment.device=cuda" in last
     assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------- decode-ahead (loader.decode_ahead)
+FIELDS = ("inputs", "present", "targets", "labeled")
+
+
+def ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mtmm-decode-ahead"]
+
+
+def tensors(batches: Any) -> list[dict[str, torch.Tensor]]:
+    """Each batch's tensors by ``field/name``, cloned where they are (on CUDA: on the consumer's stream, with no
+    host synchronisation, so a batch whose memory were reused too early would show it)."""
+    return [{f"{f}/{k}": v.clone() for f in FIELDS for k, v in getattr(b, f).items()} for b in batches]
+
+
+def assert_same(got: list[dict[str, torch.Tensor]], want: list[dict[str, torch.Tensor]]) -> None:
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k].dtype == w[k].dtype and torch.equal(g[k].cpu(), w[k].cpu()), k
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", id="cpu"),
+                                    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)])
+def test_decode_ahead_gives_the_batches_of_the_training_thread(manifest: Path, device: str, one_thread: None) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.fail("tests marked gpu need a CUDA device", pytrace=False)
+    split = load(manifest, decode="device").splits["train"]
+
+    def batches(ahead: int, workers: int, epoch: int, start: int) -> list[dict[str, torch.Tensor]]:
+        loader = StreamingLoader(split, 3, shuffle=True, seed=3, device=device, num_workers=workers,
+                                 persistent_workers=False, train=True, decode_ahead=ahead)
+        assert loader.decode_ahead == ahead
+        out = []
+        for b in loader.epoch(epoch, start):
+            assert b.inputs["image"].device.type == device
+            assert (loader._ahead is not None) == bool(ahead)  # made by the decode-ahead thread, or not
+            if device == "cuda":  # a long step on the consumer's stream, then the read: the thread runs ahead meanwhile
+                torch.cuda._sleep(50_000_000)
+            out += tensors([b])
+        assert not ahead_threads()  # stopped at the end of the epoch
+        return out
+
+    # Same tensors, same order, with and without the thread, with and without a worker, resumed or not.
+    for epoch, start in ((0, 0), (1, 2)):
+        want = batches(0, 0, epoch, start)
+        assert len(want) == 4 - start  # 12 training rows in batches of 3
+        assert_same(batches(1, 0, epoch, start), want)
+        assert_same(batches(2, 1, epoch, start), want)
+    assert not torch.equal(batches(0, 0, 0, 0)[0]["inputs/image"], batches(0, 0, 1, 0)[0]["inputs/image"])
+
+
+def test_decode_ahead_stops_its_thread(manifest: Path, one_thread: None) -> None:
+    split = load(manifest, decode="device").splits["train"]
+    want = {e: tensors(StreamingLoader(split, 3, shuffle=True, seed=3, num_workers=0, train=True,
+                                       decode_ahead=0).epoch(e)) for e in (0, 1)}
+    # Persistent workers: the thread reads the one pool of workers that every epoch shares.
+    loader = StreamingLoader(split, 3, shuffle=True, seed=3, num_workers=1, persistent_workers=True, train=True)
+    abandoned = loader.epoch(0)
+    assert_same(tensors([next(abandoned)]), want[0][:1])
+    assert len(ahead_threads()) == 1
+    assert_same(tensors(loader.epoch(1)), want[1])  # a new epoch stops the abandoned one's thread first
+    assert not ahead_threads()
+    del abandoned
+    for b in loader.epoch(0):  # a break (epoch_batches, a signal, early stopping): the loop drops the iterator
+        assert_same(tensors([b]), want[0][:1])
+        break
+    gc.collect()
+    assert not ahead_threads()
+    # An unfinished iterator garbage-collected with its loader.
+    it = loader.epoch(1)
+    next(it)
+    del it, loader
+    gc.collect()
+    assert not ahead_threads()
+    # Turned off, or not needed (no decode=device modality): no thread.
+    assert StreamingLoader(load(manifest).splits["train"], 3, num_workers=0).decode_ahead == 0
+    with pytest.raises(UserError, match=r"^loader.decode_ahead must be an integer >= 0 .*, found -1$"):
+        StreamingLoader(split, 3, num_workers=0, decode_ahead=-1)
+
+
+def test_a_decode_error_in_the_third_batch_reaches_the_training_thread(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path)
+    paths = load(manifest, decode="device").splits["train"].paths["image"]
+    bad = next(Path(p) for p in paths[6:9] if jpeg_header(Path(p).read_bytes()).device_ok)  # in batch 3 of 3
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 3])  # header intact, scan cut
+    split = load(manifest, decode="device").splits["train"]
+    errors = []
+    for ahead in (0, 1):
+        loader = StreamingLoader(split, 3, num_workers=1, persistent_workers=False, decode_ahead=ahead)
+        got = []
+        with pytest.raises(ComponentError) as e:
+            for b in loader.epoch(0):
+                got.append(b)
+        assert len(got) == 2 and not ahead_threads()
+        errors.append(e.value)
+    assert type(errors[0]) is type(errors[1]) and str(errors[0]) == str(errors[1])  # the same one line
+    assert f"{bad.name} (column 'image' row " in str(errors[1]) and "could not be decoded" in str(errors[1])
+
+
+def test_training_stops_on_a_decode_error_with_decode_ahead(tmp_path: Path, one_thread: None) -> None:
+    manifest = write_manifest(tmp_path)
+    good = (tmp_path / "rgb2.jpg").read_bytes()
+    (tmp_path / "rgb2.jpg").write_bytes(good[: len(good) // 3])
+    cfg = compose_cfg(["dataset=files", f"dataset.manifest={manifest}", "dataset.split_column=fold",
+                       "dataset.storage=stream", "+reader@dataset.modalities.image=image",
+                       "dataset.modalities.image.size=[16,16]", "dataset.modalities.image.decode=device",
+                       "loader=dataloader", "loader.num_workers=0", "loader.decode_ahead=2",
+                       "+target@dataset.tasks.label=label", "+encoder@model.encoders.image=cnn",
+                       "+head@model.heads.label=linear", "trainer.max_epochs=1", "trainer.batch_size=4",
+                       "logger.progress_bar=false"])
+    recipe = TrainRecipe(cfg, tmp_path / "run")
+    recipe.setup()
+    assert recipe.train_loader.decode_ahead == 2  # loader.decode_ahead reaches the loader
+    with pytest.raises(ComponentError, match=r"^dataset.modalities.image: .*rgb2.jpg \(column 'image' row 3 of "
+                                             r"'.*m.csv'\) could not be decoded: .*; fix or replace the file"):
+        recipe.train()
+    gc.collect()
+    assert not ahead_threads()
+
+
+def test_an_epoch_cut_short_stops_the_thread_before_evaluation(manifest: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                one_thread: None) -> None:
+    cfg = compose_cfg(["dataset=files", f"dataset.manifest={manifest}", "dataset.split_column=fold",
+                       "dataset.storage=stream", "dataset.num_workers=0", "+reader@dataset.modalities.image=image",
+                       "dataset.modalities.image.size=[16,16]", "dataset.modalities.image.decode=device",
+                       "+target@dataset.tasks.label=label", "+encoder@model.encoders.image=cnn",
+                       "+head@model.heads.label=linear", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+                       "trainer.batch_size=4", "logger.progress_bar=false"])
+    alive = []
+    end_of_epoch = TrainRecipe.end_of_epoch
+
+    def record(self: TrainRecipe) -> bool:
+        alive.append(len(ahead_threads()))
+        return end_of_epoch(self)
+
+    monkeypatch.setattr(TrainRecipe, "end_of_epoch", record)
+    recipe = TrainRecipe(cfg, tmp_path / "run")
+    recipe.setup()
+    assert recipe.train_loader.decode_ahead == 1  # the default without a loader config
+    recipe.train()
+    assert recipe.step == 2 and alive == [0, 0]  # 1 of 3 batches per epoch; no thread left holding a batch
+
+
+def test_the_files_suite_measures_decode_ahead_on_and_off(tmp_path: Path, one_thread: None) -> None:
+    from mtmm_train import benchmarking_files as fb
+
+    manifest = fb.write_dataset(tmp_path, 12, (40, 48), (56, 64), workers=1)
+    rows = fb.files_bench("tiny", fb.config_overrides("tiny", []), manifest, tmp_path, workers=0, batches=1,
+                          warmup=0, decode_ahead=(1, 0))
+    by = {r["path"]: r for r in rows}
+    assert list(by)[:4] == ["memory", "stream_host", "stream_device", "stream_device_ahead0"]
+    assert all(by[p]["train_samples_s"] > 0 and 0 <= by[p]["data_wait"] <= 1 for p in list(by)[:4])
 
 
 @pytest.mark.gpu
