@@ -3,8 +3,8 @@
 # that machine has Python 3.12, torch 2.11.0+cu130, numpy, scipy, pandas, tensorboard, tqdm, torchmetrics,
 # pyyaml, packaging, matplotlib, scikit-learn, pillow, filelock, fsspec, jinja2, sympy, networkx,
 # typing_extensions and pytest, and no network. scripts/gpu_check.sh installs .whl/ with --no-deps to
-# /tmp/site when Hydra does not import. The run tool carries .whl/ with the working tree (carry: [".whl"]),
-# 64 MiB in all, so the script fails above 56 MiB. See docs/gpu.md.
+# /tmp/site when Hydra does not import. .whl/ travels to the GPU machine with the checkout; a transfer of
+# 64 MiB in all must hold both, so the script fails above 56 MiB. See docs/gpu.md.
 #   bash scripts/gpu_wheels.sh            # then: VERIFY=1 bash scripts/gpu_wheels.sh (also checks the list)
 # The list: the project's dependencies and its backbones extra (pyproject.toml), each pinned to a version
 # that pyproject allows and that runs on torch 2.11, plus every package their metadata requires (the
@@ -50,7 +50,7 @@ download "$DEST" "$PY"
 size_kib=$(du -sk "$DEST" | cut -f1)
 echo "$(find "$DEST" -name '*.whl' | wc -l) wheels in $DEST: $((size_kib / 1024)) MiB (limit $LIMIT_MIB MiB)"
 if [ "$size_kib" -gt $((LIMIT_MIB * 1024)) ]; then
-  echo "error: $DEST is over $LIMIT_MIB MiB: the run tool carries 64 MiB in all; drop a package or pick a smaller one"
+  echo "error: $DEST is over $LIMIT_MIB MiB: checkout + wheels must fit a 64 MiB transfer; drop a package or pick a smaller one"
   exit 1
 fi
 [ "${VERIFY:-0}" = 1 ] || exit 0

@@ -32,11 +32,12 @@ REQUIRE_SYSTEM_DEPS = "MTMM_REQUIRE_SYSTEM_DEPS"
 # The whole suite (no paths named: pytest's testpaths) runs on this many processes at most through
 # pytest-xdist, one file per process at a time, so that module fixtures run once: see workers().
 MAX_WORKERS = 4
-# The files that take longest (``pytest --durations=0``, summed per file, on a 2-core CI machine),
-# longest first: they start first. The order only balances the processes' loads.
+# The files that take longest (``pytest --durations=0``, summed per file, on 2 cores), longest first:
+# they start first. The order only balances the processes' loads.
 SLOWEST_FIRST = [
-    "test_distributed.py", "test_filesystem_faults.py", "test_crash_safety.py", "test_sweeps.py",
-    "test_backbone_integration.py", "test_scripts.py",
+    "test_distributed.py", "test_filesystem_faults.py", "test_crash_safety.py", "test_configs.py", "test_sweeps.py",
+    "test_backbone_integration.py", "test_cli.py", "test_checkpoint_security.py", "test_bad_values.py",
+    "test_scripts.py", "test_runlock.py", "test_bad_inputs.py", "test_export.py", "test_docs.py",
 ]
 
 # A few seconds of CPU: small data, one short epoch, no progress bar.
