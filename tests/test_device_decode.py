@@ -224,6 +224,22 @@ def test_training_with_device_decoding(manifest: Path, tmp_path: Path, one_threa
     waits = [e.value for e in events.Scalars("train/data_wait")]
     assert [e.step for e in events.Scalars("train/data_wait")] == [1, 2, 3]
     assert all(0.0 < w < 1.0 for w in waits)
+    # mtmm-eval and mtmm-predict of the run decode on the host: the model's outputs on the device-decoded
+    # validation batches are those on the host-decoded pixels, within the resize's rounding.
+    from mtmm_train.evaluate import EvalConfig, evaluate_checkpoint
+    from mtmm_train.predict import NewManifest, PredictConfig, predict
+
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    report = evaluate_checkpoint(EvalConfig(checkpoint=str(best), split="val", plot=False, device="cpu", noise=[],
+                                            zero=[1.0], drop=[]), tmp_path / "eval")
+    assert report["clean"]["label/accuracy"] == pytest.approx(recipe.best["value"], abs=1e-6)
+    new = manifest.parent / "predict_rows.csv"  # beside the images: paths are relative to the manifest
+    new.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()
+                           if line.endswith(",val") or line.startswith("image,")))
+    out = predict(PredictConfig(checkpoint=str(best), dataset=NewManifest(manifest=str(new)),
+                                output=str(tmp_path / "p.csv")))
+    rows = out.read_text().splitlines()
+    assert len(rows) == len(new.read_text().splitlines()) and "label" in rows[0]  # a header and a row per row
 
 
 def test_cli_refuses_device_decoding_with_per_sample_augmentation(manifest: Path, tmp_path: Path) -> None:
