@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -200,15 +202,86 @@ def encode_present(encoder: nn.Module, x: Tensor, present: Tensor, tokens: bool)
     them, ``missing=learned`` replaces them).
 
     Finding the rows is one host synchronisation per call (``nonzero``), which is why only backbone
-    encoders opt in: their forward costs far more. When every row, or none, is present, the whole batch
-    goes through as usual (none: the output's shape comes from the encoder; the fusion masks every row).
+    encoders opt in: their forward costs far more. When every row is present, the whole batch goes
+    through as usual; when none is, :func:`encode_none` stands in.
+
+    Args:
+        encoder: the modality's encoder.
+        x: its inputs ``(B, *shape)`` (absent rows hold zeros).
+        present: bool ``(B,)``, True where the sample has the modality.
+        tokens: return the encoder's tokens ``(B, L, D)`` instead of one vector per sample ``(B, D)``.
+
+    Returns:
+        The encoder's output for every row of ``x``, zeros where absent.
     """
     rows = present.nonzero().squeeze(1)  # the one host read: the number of present rows
-    if rows.numel() in (0, present.shape[0]):
+    if rows.numel() == present.shape[0]:
         return encoder.tokens(x) if tokens else encoder(x)
+    if rows.numel() == 0:
+        return encode_none(encoder, x, tokens)
     part = x.index_select(0, rows)
     out = encoder.tokens(part) if tokens else encoder(part)
     return out.new_zeros((x.shape[0], *out.shape[1:])).index_copy(0, rows, out)
+
+
+def encode_none(encoder: nn.Module, x: Tensor, tokens: bool) -> Tensor:
+    """The encoder's output for a batch in which no row has the modality: zeros ``(B, ...)`` that still depend,
+    with a zero weight, on every parameter the encoder uses.
+
+    The encoder runs on the first two rows of ``x`` (the only one of a batch of one), inside
+    :func:`frozen_statistics`, so that no normalisation layer learns running statistics from rows that hold no
+    data; the output is zeros to which the sum of an empty slice of the encoder's output is added. The
+    parameters thus stay in the autograd graph and get gradients of exactly zero (not None: under torchrun,
+    DistributedDataParallel needs every parameter it registered to receive one on every rank), whatever the
+    gradient arriving from the fusion, and no NaN of the two rows can reach the zeros. No host synchronisation.
+
+    Args:
+        encoder: the modality's encoder.
+        x: its inputs ``(B, *shape)``, none present.
+        tokens: return tokens ``(B, L, D)`` instead of one vector per sample ``(B, D)``.
+
+    Returns:
+        Zeros of the shape and dtype the encoder gives for ``B`` rows.
+    """
+    with frozen_statistics(encoder):
+        part = x[:2]  # BatchNorm in training mode refuses one value per channel (vectors, pooled features)
+        out = encoder.tokens(part) if tokens else encoder(part)
+    return out.new_zeros((x.shape[0], *out.shape[1:])) + out.reshape(-1)[:0].sum()
+
+
+@contextlib.contextmanager
+def frozen_statistics(module: nn.Module) -> Iterator[None]:
+    """Within the block, no normalisation layer of ``module`` in training mode updates its running statistics.
+
+    A layer with a ``running_mean`` buffer (BatchNorm*, InstanceNorm* with ``track_running_stats``, timm's
+    BatchNorm variants) runs in eval mode, i.e. normalises with its running statistics; a
+    :class:`~torch.nn.SyncBatchNorm` stays in training mode, since under torchrun its forward is a collective
+    that every rank must join, with a momentum of 0 (its running statistics are kept as they are). Each
+    layer's training flag, momentum and ``num_batches_tracked`` are restored on leaving, on an exception too.
+
+    Args:
+        module: the module (an encoder) whose layers to freeze.
+    """
+    saved = []
+    for layer in module.modules():
+        if not layer.training or getattr(layer, "running_mean", None) is None:
+            continue
+        tracked = getattr(layer, "num_batches_tracked", None)
+        saved.append((layer, getattr(layer, "momentum", None), None if tracked is None else tracked.clone()))
+    try:
+        for layer, _, _ in saved:
+            if isinstance(layer, nn.SyncBatchNorm):
+                layer.momentum = 0.0
+            else:
+                layer.training = False
+        yield
+    finally:
+        for layer, momentum, tracked in saved:
+            layer.training = True
+            if isinstance(layer, nn.SyncBatchNorm):
+                layer.momentum = momentum
+            if tracked is not None:
+                layer.num_batches_tracked.copy_(tracked)
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:
