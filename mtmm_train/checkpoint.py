@@ -2,7 +2,9 @@
 
 A loaded checkpoint's stored config is checked before anything is built from it
 (:func:`check_targets`, with :mod:`mtmm_train.registry`), and the fingerprint of the data it was
-trained on (:func:`data_fingerprint`) must match the data of a resumed or evaluated run.
+trained on (:func:`data_fingerprint`) must match the data of a resumed or evaluated run. The data's
+schema (:func:`data_schema`: specs and the readers' state) lets ``mtmm-predict`` rebuild the model and
+read new rows from the checkpoint alone (:func:`schema_data`).
 """
 
 from __future__ import annotations
@@ -253,6 +255,92 @@ def data_fingerprint(data: MultiModalData) -> dict[str, Any]:
         "tasks": {t: {"kind": s.kind, **learned.get(f"tasks.{t}", {}), "dim": int(s.dim)}
                   for t, s in data.tasks.items()},
     }
+
+
+SCHEMA_VERSION = 1  # of data_schema: bump when what it holds changes meaning
+
+
+def data_schema(data: MultiModalData) -> dict[str, Any]:
+    """What rebuilding the model and reading new rows need of the data, without the data (checkpoints store it
+    as ``data_schema``; ``mtmm-predict`` reads it).
+
+    Plain data only (the checkpoint loads with ``weights_only=True``): ``version``; ``modalities``: name ->
+    the :class:`~mtmm_train.batch.ModalitySpec` fields (``shape``, ``kind``, ``vocab_size``, ``info``);
+    ``tasks``: name -> the :class:`~mtmm_train.batch.TaskSpec` fields (``kind``, ``dim``); ``learned``
+    (:attr:`MultiModalData.learned`, the fingerprint's part) and ``state`` (:attr:`MultiModalData.state`:
+    each reader's full state, for ``Reader.read_with``), both keyed ``modalities.<name>`` or ``tasks.<name>``.
+    Names keep the data's order.
+    """
+    keys = [f"modalities.{m}" for m in data.modalities] + [f"tasks.{t}" for t in data.tasks]
+    learned, state = getattr(data, "learned", None) or {}, getattr(data, "state", None) or {}
+    return {
+        "version": SCHEMA_VERSION,
+        "modalities": {m: {"shape": [int(d) for d in s.shape], "kind": str(s.kind),
+                           "vocab_size": None if s.vocab_size is None else int(s.vocab_size), "info": _plain(s.info)}
+                       for m, s in data.modalities.items()},
+        "tasks": {t: {"kind": str(s.kind), "dim": int(s.dim)} for t, s in data.tasks.items()},
+        "learned": {k: _plain(learned[k]) for k in keys if k in learned},
+        "state": {k: _plain(state[k]) for k in keys if k in state},
+    }
+
+
+def schema_data(schema: Any, source: str) -> MultiModalData:
+    """The :class:`MultiModalData` a :func:`data_schema` describes: specs, ``learned`` and ``state``, no splits.
+
+    Raises:
+        UserError: the schema is not one this version wrote (one line naming what is wrong).
+    """
+    from mtmm_train.batch import TASK_KINDS, ModalitySpec, TaskSpec
+    from mtmm_train.data.base import MultiModalData
+
+    def refuse(what: str) -> NoReturn:
+        raise UserError(f"{source}: its data_schema {what}; it was not written by this version of mtmm-train: "
+                        "predict with the version that trained it, or delete the checkpoint's data_schema entry "
+                        "to rebuild the data from the stored config (needs the training data)")
+
+    if not isinstance(schema, dict):
+        refuse(f"is a {type(schema).__name__}, not a mapping")
+    if schema.get("version") != SCHEMA_VERSION:
+        refuse(f"has version {schema.get('version')!r}, this version reads {SCHEMA_VERSION}")
+    groups = {}
+    for group in ("modalities", "tasks", "learned", "state"):
+        value = schema.get(group)
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            refuse(f"has no '{group}' mapping of mappings")
+        groups[group] = value
+    modalities, tasks = {}, {}
+    try:
+        for m, d in groups["modalities"].items():
+            shape = d["shape"]
+            if not (isinstance(shape, list) and all(isinstance(x, int) and x > 0 for x in shape)):
+                refuse(f"gives modality '{m}' the shape {shape!r}, not a list of sizes")
+            vocab = d.get("vocab_size")
+            if vocab is not None and not (isinstance(vocab, int) and vocab > 0):
+                refuse(f"gives modality '{m}' the vocab_size {vocab!r}")
+            info = d.get("info") or {}
+            if not isinstance(info, dict):
+                refuse(f"gives modality '{m}' the info {info!r}, not a mapping")
+            modalities[m] = ModalitySpec(str(m), tuple(shape), str(d["kind"]), vocab, dict(info))
+        for t, d in groups["tasks"].items():
+            if d["kind"] not in TASK_KINDS or not (isinstance(d["dim"], int) and d["dim"] > 0):
+                refuse(f"gives task '{t}' the kind {d['kind']!r} and size {d['dim']!r}")
+            tasks[t] = TaskSpec(str(t), str(d["kind"]), d["dim"])
+    except KeyError as e:
+        refuse(f"lacks the entry {e}")
+    if not modalities or not tasks:
+        refuse("names no modality or no task")
+    return MultiModalData(modalities, tasks, {}, groups["learned"], state=groups["state"])
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data that ``weights_only=True`` loads: tuples become lists, other objects their text."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def check_fingerprint(stored: dict[str, Any] | None, current: dict[str, Any], source: str, fix: str) -> None:

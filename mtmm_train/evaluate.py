@@ -42,7 +42,9 @@ from mtmm_train.config import (
     typed,
 )
 from mtmm_train.data import FileSplit, MultiModalData, TensorSplit
+from mtmm_train.data.augment import apply_augment
 from mtmm_train.errors import UserError, check
+from mtmm_train.preprocessing import apply_preprocessing
 from mtmm_train.tasks import Task
 
 log = logging.getLogger("mtmm_train")
@@ -102,8 +104,9 @@ class CheckpointRun:
 
     Attributes:
         config: the checkpoint's stored config (today's trainer defaults filled in).
-        data: the data, rebuilt from the stored config (fingerprint checked).
-        splits: its splits on the device.
+        data: the data, rebuilt from the stored config (fingerprint checked); with
+            ``load_run(from_schema=True)`` its stored schema alone, without splits.
+        splits: its splits on the device (empty with ``move_splits=False`` or ``from_schema=True``).
         tasks: task name -> task (loss and metrics).
         model: the model with the checkpoint's weights, in eval mode, on the device.
         autocast: the precision the run trained in.
@@ -126,7 +129,7 @@ class CheckpointRun:
 
 
 def load_run(path: str | Path, device: str = "auto", batch_size: int | None = None,
-             allow_foreign_targets: bool = False, move_splits: bool = True) -> CheckpointRun:
+             allow_foreign_targets: bool = False, move_splits: bool = True, from_schema: bool = False) -> CheckpointRun:
     """Rebuild the data and the model of a checkpoint from its stored config, and load the weights.
 
     Args:
@@ -136,10 +139,16 @@ def load_run(path: str | Path, device: str = "auto", batch_size: int | None = No
         allow_foreign_targets: build ``_target_`` callables outside mtmm-train's own components.
         move_splits: put the splits on the device (False: ``splits`` is empty; ``mtmm-predict`` reads
             its own rows).
+        from_schema: build the model from the data schema stored in the checkpoint
+            (:func:`mtmm_train.checkpoint.schema_data`: specs, what the readers learned and their state),
+            reading no data at all: ``data.splits`` and ``splits`` are empty (``mtmm-predict``). A checkpoint
+            written before schemas were stored has none: its data is rebuilt as without ``from_schema``
+            (logged; that needs the training data).
 
     Raises:
         UserError: the file is missing or not a checkpoint, its config names foreign components,
-            its data changed since training, or its weights do not fit its config.
+            its data changed since training (its schema does not match its fingerprint), or its weights
+            do not fit its config or schema.
     """
     if Path(path).is_dir():
         found = next((p for p in (Path(path) / "checkpoints" / "best.pt", Path(path) / "best.pt") if p.is_file()),
@@ -155,19 +164,37 @@ def load_run(path: str | Path, device: str = "auto", batch_size: int | None = No
     trainer: TrainerConfig = typed(cfg, "trainer")
     builders.seed_everything(check_seed(cfg.get("seed")))  # as in training: the data is drawn the same
     dev = builders.pick_device(device)
-    data = builders.build_data(cfg)
-    # The data is rebuilt from the stored config: refuse when it is no longer what the model
-    # was trained on (e.g. the manifest was edited: classes renamed, targets rescaled).
-    ckpt.check_fingerprint(state.get("data_fingerprint"), ckpt.data_fingerprint(data), f"checkpoint '{path}'",
-                           "the data its stored config names has changed since training; evaluate it on that data "
-                           "as it was, or train a new model")
+    schema = state.get("data_schema") if from_schema else None
+    if from_schema and schema is None:
+        log.info("checkpoint '%s' holds no data schema (written by an older mtmm-train): rebuilding its training "
+                 "data from the stored config to rebuild the model, which needs the training manifest and its files "
+                 "where they were, and takes longer; a checkpoint of a run trained now needs neither", path)
+    if schema is not None:
+        data = ckpt.schema_data(schema, f"checkpoint '{path}'")
+        unbuilt = [f"modality '{m}'" for m in data.modalities if m not in cfg.model.encoders] + \
+            [f"task '{t}'" for t in data.tasks if t not in cfg.model.heads]
+        check(not unbuilt, f"checkpoint '{path}': its data_schema names {', '.join(unbuilt)}, which its stored "
+              "config has no encoder or head for; was the file edited?")
+        # The readers' settings as building the data would leave them (the encoders' preprocessing, the
+        # augmentation preset): mtmm-predict builds its readers from this config.
+        apply_preprocessing(cfg)
+        apply_augment(cfg)
+        fix = "its data_schema does not describe the data it was trained on; was the file edited?"
+    else:
+        data = builders.build_data(cfg)
+        # The data is rebuilt from the stored config: refuse when it is no longer what the model
+        # was trained on (e.g. the manifest was edited: classes renamed, targets rescaled).
+        fix = "the data its stored config names has changed since training; evaluate it on that data as it was, " \
+              "or train a new model"
+    ckpt.check_fingerprint(state.get("data_fingerprint"), ckpt.data_fingerprint(data), f"checkpoint '{path}'", fix)
     tasks = builders.build_tasks(data)
     model = builders.build_model(cfg, data, tasks, init=False)  # init_from: the checkpoint holds the weights
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint '{path}' does not fit the config stored in it "
-                        f"({str(e).splitlines()[0]}); was it written by this version of mtmm-train?") from None
+        against = "the data_schema and config stored in it" if schema is not None else "the config stored in it"
+        raise UserError(f"checkpoint '{path}' does not fit {against} ({str(e).splitlines()[0]}); was it written by "
+                        "this version of mtmm-train?") from None
     splits = {k: s.to(dev) for k, s in data.splits.items()} if move_splits else {}
     return CheckpointRun(cfg, data, splits, tasks, model.to(dev).eval(),
                          builders.autocast_for(trainer.precision, dev), batch_size or trainer.eval_batch_size)

@@ -2,12 +2,19 @@
 
     mtmm-predict checkpoint=logs/runs/<time>/checkpoints/best.pt dataset.manifest=new.csv output=pred.csv
 
-The model is rebuilt from its checkpoint (:func:`mtmm_train.evaluate.load_run`). The new manifest needs
-the columns of the modalities the model reads (target columns are not needed; an empty cell is a missing
-modality) and is read ``chunk_rows`` rows at a time, each chunk through the training run's readers with
-what they learned from the training split: a reader that learned something (a vocabulary, standardisation
-statistics) reads the training rows of its own columns before the chunk's, exactly as in training, and its
-result is checked against the checkpoint's. So memory holds one chunk, never the whole new manifest.
+The model is rebuilt from its checkpoint alone (:func:`mtmm_train.evaluate.load_run` with ``from_schema``:
+the specs of its modalities and tasks and its readers' state are stored in it, ``data_schema``), so the
+training data is not needed. The new manifest needs the columns of the modalities the model reads (target
+columns are not needed; an empty cell is a missing modality) and is read ``chunk_rows`` rows at a time, each
+chunk through the training run's readers with the state they learned from the training split (a vocabulary,
+standardisation statistics: :meth:`~mtmm_train.data.readers.base.Reader.read_with`). So memory holds one
+chunk, never the whole new manifest.
+
+A checkpoint written before ``data_schema`` existed has its training data rebuilt from the stored config
+(the training manifest and its files must be where training read them). A reader whose state the
+checkpoint lacks (its data came from a dataset cache entry written before readers kept their state) reads
+the training rows of its own columns before each chunk's, as in training, and its result is checked
+against the checkpoint's.
 
 The output (CSV or Parquet, from ``output``'s suffix) has one row per input row: the id (``id_column``, or
 ``row``: the row number from 1), then per task its prediction (the class name of a class label, the label
@@ -203,14 +210,28 @@ class Predictor:
         self.readers: dict[str, ModalityReader] = build_readers(
             {m: ds["modalities"][m] for m in run.data.modalities}, "modalities", ModalityReader)
         self.targets = {t: ds["tasks"][t] for t in run.data.tasks}
-        self.learns = [m for m in self.readers if run.data.learned.get(f"modalities.{m}")]
+        # Each reader reads with the state it learned in training (from the checkpoint's schema, or the data
+        # rebuilt for an older checkpoint). One that learned something without a state at hand (data from an
+        # older dataset cache entry) learns it again from the training rows, which are read for it.
+        self.state: dict[str, dict[str, Any]] = {m: run.data.state.get(f"modalities.{m}") or {} for m in self.readers}
+        self.learns = [m for m in self.readers if run.data.learned.get(f"modalities.{m}") and not self.state[m]]
+        if self.learns:
+            log.info("mtmm-predict: the checkpoint holds no state of the reader(s) of %s: reading the training "
+                     "manifest's rows for what they learned", ", ".join(self.learns))
         self.train_rows = self._training_rows() if self.learns else {}
         self.checked: set[str] = set()
         self.rows_read: list[int] = []
 
     def columns(self, available: list[str]) -> list[str]:
         """The columns of a manifest with columns ``available`` that the model's readers need."""
-        return list(dict.fromkeys(c for r in self.readers.values() for c in r.columns_in(available)))
+        return list(dict.fromkeys(c for m in self.readers for c in self.reader_columns(m, available)))
+
+    def reader_columns(self, modality: str, available: list[str]) -> list[str]:
+        """The columns one modality's reader reads: those its state names (globs and ranges expanded in
+        training), else its config's, expanded over ``available``."""
+        stored = self.state[modality].get("columns")
+        return [str(c) for c in stored] if isinstance(stored, list) else \
+            self.readers[modality].columns_in(available)
 
     def _training_rows(self) -> Table:
         """The training split's cells of the columns the learning readers read (file paths made absolute)."""
@@ -249,7 +270,7 @@ class Predictor:
         inputs, present = {}, {}
         for m, reader in self.readers.items():
             key = f"modalities.{m}"
-            cols = reader.columns_in(list(table))
+            cols = self.reader_columns(m, list(table))
             if m in self.learns:  # the training rows first: the reader learns from them as in training
                 part = {c: self.train_rows[c] + list(table[c]) for c in cols}
                 n_train = len(self.train_rows[cols[0]])
@@ -259,7 +280,7 @@ class Predictor:
             ctx = ReadContext(self.root, split, int(ds.get("num_workers", 0)), "ignore", None)
             self.rows_read.append(n)
             with located(f"dataset.{key}"):
-                result = reader.read(part, ctx)
+                result = reader.read_with(part, ctx, self.state[m]) if self.state[m] else reader.read(part, ctx)
             if key not in self.checked:
                 expect = self.run.data.learned.get(key, {})
                 check(same(result.learned, expect), f"dataset.{key}: the reader learned other values from the training "
@@ -411,7 +432,8 @@ def predict(cfg: PredictConfig) -> Path:
     check(out.resolve() != new, f"output is '{cfg.output}', the manifest itself; write the predictions elsewhere")
     Output(out)  # check the suffix before the model is built
     log.info("mtmm-predict: %s on %s, %d rows at a time, into %s", cfg.checkpoint, new, cfg.chunk_rows, out)
-    run = load_run(cfg.checkpoint, cfg.device, cfg.batch_size, cfg.allow_foreign_targets, move_splits=False)
+    run = load_run(cfg.checkpoint, cfg.device, cfg.batch_size, cfg.allow_foreign_targets, move_splits=False,
+                   from_schema=True)
     predictor = Predictor(run, new.parent)
     ds = predictor.dataset
     fmt, delimiter = cfg.dataset.format, cfg.dataset.delimiter or ds.get("delimiter", "auto")
@@ -419,7 +441,7 @@ def predict(cfg: PredictConfig) -> Path:
     names = manifest_columns(new, manifest_format(new, fmt), _delimiter(delimiter), _codec(encoding))
     lacking = [c for c in predictor.columns(names) if c not in names]
     if lacking:
-        reads = "; ".join(f"{k} reads '{c}'" for k, r in predictor.readers.items() for c in r.columns_in(names)
+        reads = "; ".join(f"{k} reads '{c}'" for k in predictor.readers for c in predictor.reader_columns(k, names)
                           if c in lacking)
         raise UserError(f"dataset.manifest '{cfg.dataset.manifest}' lacks the column(s) {', '.join(lacking)} that the "
                         f"model was trained on (modality {reads}); its columns: {', '.join(names)}; add them (empty "

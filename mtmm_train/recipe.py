@@ -695,6 +695,8 @@ class TrainRecipe:
             "world_size": self.dist.world_size,
             # The data's schema (classes, statistics...): a resume on other data is refused.
             "data_fingerprint": checkpoint.data_fingerprint(self.data),
+            # Specs and the readers' state: mtmm-predict rebuilds the model and reads new rows from these alone.
+            "data_schema": checkpoint.data_schema(self.data),
         }
 
     def save(self, name: str) -> None:

@@ -14,9 +14,14 @@ from conftest import compose_cfg, run_cli
 from PIL import Image
 
 from mtmm_train.commands import parse
+from mtmm_train.data.readers.base import ReadContext, Reader
+from mtmm_train.data.readers.binary import BinaryLabel
+from mtmm_train.data.readers.label import ClassLabel
+from mtmm_train.data.readers.multilabel import MultiLabel
 from mtmm_train.data.readers.numeric import NumericReader
+from mtmm_train.data.readers.regression import NumericTarget
 from mtmm_train.data.readers.text import TextReader
-from mtmm_train.errors import UserError
+from mtmm_train.errors import ComponentError, UserError
 from mtmm_train.evaluate import load_run
 from mtmm_train.predict import NewManifest, PredictConfig, iter_manifest, predict
 from mtmm_train.recipe import TrainRecipe
@@ -122,14 +127,15 @@ def test_predictions_name_classes_in_original_units_and_chunks_equal_whole(train
     manifest = write(tmp_path / "new.csv", new)
     seen: list[int] = []
     for cls in (NumericReader, TextReader):  # the readers that learned from training rows
-        original = cls.read
+        for method in ("read", "read_with"):  # with the stored state, or (older checkpoints) learning again
+            original = getattr(cls, method)
 
-        def spy(self: Any, table: Any, ctx: Any, _original: Any = original) -> Any:
-            if ctx.root == tmp_path:  # mtmm-predict's calls (load_run also reads the training manifest)
-                seen.append(int((ctx.split == 2).sum()))  # the new rows of this call
-            return _original(self, table, ctx)
+            def spy(self: Any, table: Any, ctx: Any, *state: Any, _original: Any = original) -> Any:
+                if ctx.root == tmp_path:  # mtmm-predict's calls
+                    seen.append(int((ctx.split == 2).sum()))  # the new rows of this call
+                return _original(self, table, ctx, *state)
 
-        monkeypatch.setattr(cls, "read", spy)
+            monkeypatch.setattr(cls, method, spy)
     whole = _read(predict(_config(trained, manifest, tmp_path / "whole.csv", chunk_rows=1000, id_column="key")))
     seen.clear()
     chunked = _read(predict(_config(trained, manifest, tmp_path / "chunked.csv", chunk_rows=5, id_column="key")))
@@ -222,3 +228,220 @@ def test_cli(trained: Path, tmp_path: Path) -> None:
         "mtmm-predict: error: dataset.manifest is required, e.g. mtmm-predict checkpoint=logs/runs/<time>/checkpoints/"
         "best.pt dataset.manifest=new.csv output=pred.csv"]
     assert json.loads((trained.parents[1] / "metrics.json").read_text())["test"]  # trainer.test: the test split
+
+
+# ---------------------------------------------------------------------- from the checkpoint alone
+@pytest.fixture(scope="module")
+def text_numbers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny model trained on text and numbers, for a class label and a regression target: (checkpoint,
+    the folder of its training manifest ``data/train.csv``)."""
+    root = tmp_path_factory.mktemp("alone")
+    data = root / "data"
+    data.mkdir()
+    manifest = write(data / "train.csv", [{k: v for k, v in r.items() if k != "image"} for r in rows(data, 60)])
+    conf = root / "conf" / "dataset"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(f"""
+defaults:
+  - files
+  - /reader@modalities.caption: text
+  - /reader@modalities.tabular: numeric
+  - /target@tasks.colour: label
+  - /target@tasks.y: regression
+  - /encoder@_global_.model.encoders.caption: embedding_bag
+  - /encoder@_global_.model.encoders.tabular: mlp
+  - /head@_global_.model.heads.colour: linear
+  - /head@_global_.model.heads.y: linear
+  - _self_
+manifest: {manifest}
+split_column: fold
+cache: false
+num_workers: 0
+modalities:
+  tabular: {{columns: ["a:b"]}}
+""")
+    cfg = compose_cfg([f"hydra.searchpath=[file://{root / 'conf'}]", "dataset=mine", "trainer.max_epochs=2",
+                       "trainer.batch_size=8", "logger=none", "trainer.test=false"])
+    recipe = TrainRecipe(cfg, root / "run")
+    recipe.setup()
+    recipe.train()
+    return root / "run" / "checkpoints" / "best.pt", data
+
+
+def _new_rows(folder: Path) -> Path:
+    """New rows: words the training rows never had, an empty caption, an empty number, columns reordered."""
+    new = [{k: v for k, v in r.items() if k != "image"} for r in rows(folder, 9, seed=4, targets=False)]
+    new[1]["caption"] = "an unheard-of purple word"
+    new[2]["caption"] = ""
+    new[3]["a"] = ""
+    return write(folder / "new.csv", [{"b": r["b"], "key": r["key"], "a": r["a"], "caption": r["caption"]}
+                                      for r in new])
+
+
+def _floats(table: list[dict[str, str]]) -> dict[str, list[float]]:
+    return {k: [float(r[k]) for r in table] for k in table[0] if k.startswith(("colour/p_", "y"))}
+
+
+def _same_predictions(got: list[dict[str, str]], want: list[dict[str, str]]) -> None:
+    assert [r["key"] for r in got] == [r["key"] for r in want]
+    assert [r["colour"] for r in got] == [r["colour"] for r in want]
+    a, b = _floats(got), _floats(want)
+    assert a.keys() == b.keys() and "y" in a and "colour/p_red" in a
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+
+
+def _edited(ckpt: Path, out: Path, edit: Any) -> Path:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    edit(state)
+    torch.save(state, out)
+    return out
+
+
+def test_checkpoint_stores_the_schema_as_plain_data(text_numbers: tuple[Path, Path]) -> None:
+    state = torch.load(text_numbers[0], map_location="cpu", weights_only=True)
+    schema = state["data_schema"]
+    assert json.loads(json.dumps(schema)) == schema  # plain data: lists, mappings, text, numbers
+    assert schema["modalities"]["tabular"] == {"shape": [2], "kind": "vector", "vocab_size": None, "info": {}}
+    assert schema["state"]["modalities.tabular"]["columns"] == ["a", "b"]  # the range as expanded in training
+    words = schema["state"]["modalities.caption"]["words"]
+    assert set(words) == {"a", "thing", *CLASSES} and schema["modalities"]["caption"]["vocab_size"] == len(words) + 2
+    assert schema["tasks"] == {"colour": {"kind": "multiclass", "dim": 3}, "y": {"kind": "regression", "dim": 1}}
+    assert schema["state"]["tasks.colour"] == {"classes": sorted(CLASSES)}
+    assert schema["learned"]["modalities.caption"]["vocabulary"].startswith(f"{len(words)} words, sha256 ")
+
+
+def test_predicts_from_the_checkpoint_alone(text_numbers: tuple[Path, Path], tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The training manifest and its files moved away: the same predictions, in process and from the CLI."""
+    ckpt, data = text_numbers
+    manifest = _new_rows(tmp_path)
+    before = _read(predict(_config(ckpt, manifest, tmp_path / "before.csv", id_column="key")))
+    old = _edited(ckpt, tmp_path / "old.pt", lambda s: s.pop("data_schema"))
+    data.rename(data.with_name("moved"))
+    try:
+        assert not (data / "train.csv").exists()
+        with caplog.at_level("INFO", logger="mtmm_train"):
+            alone = _read(predict(_config(ckpt, manifest, tmp_path / "alone.csv", id_column="key", chunk_rows=4)))
+        assert not any(r.getMessage().startswith("dataset:") for r in caplog.records)  # no data was built
+        done = run_cli([f"checkpoint={ckpt}", f"dataset.manifest={manifest}", "id_column=key",
+                        f"output={tmp_path / 'cli.csv'}"], tmp_path, module="mtmm_train.predict",
+                       env={"OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        with pytest.raises(UserError) as e:  # an older checkpoint needs the training data: it really is gone
+            predict(_config(old, manifest, tmp_path / "old.csv"))
+        assert "train.csv" in str(e.value) and "\n" not in str(e.value)
+    finally:
+        data.with_name("moved").rename(data)
+    _same_predictions(alone, before)
+    _same_predictions(_read(tmp_path / "cli.csv"), before)
+    assert before[2]["colour"] in CLASSES  # an empty caption: the numbers are enough
+    assert float(before[0]["y"]) > 50  # in the column's units
+
+
+def test_an_older_checkpoint_rebuilds_its_data(text_numbers: tuple[Path, Path], tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Without ``data_schema`` (an older mtmm-train) the data is rebuilt, with a line saying why; a schema
+    without a reader's state (an older dataset cache entry) reads the training rows for that reader."""
+    ckpt, _ = text_numbers
+    manifest = _new_rows(tmp_path)
+    want = _read(predict(_config(ckpt, manifest, tmp_path / "want.csv", id_column="key")))
+    old = _edited(ckpt, tmp_path / "old.pt", lambda s: s.pop("data_schema"))
+    with caplog.at_level("INFO", logger="mtmm_train"):
+        got = _read(predict(_config(old, manifest, tmp_path / "old.csv", id_column="key")))
+    _same_predictions(got, want)
+    assert any("holds no data schema" in r.getMessage() and "training manifest" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    partial = _edited(ckpt, tmp_path / "partial.pt", lambda s: s["data_schema"]["state"].pop("modalities.caption"))
+    with caplog.at_level("INFO", logger="mtmm_train"):
+        got = _read(predict(_config(partial, manifest, tmp_path / "partial.csv", id_column="key", chunk_rows=3)))
+    _same_predictions(got, want)
+    assert any("no state of the reader(s) of caption" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s["data_schema"]["modalities"]["caption"].update(vocab_size=99),
+     "vocab_size was"),  # the schema no longer matches the fingerprint
+    (lambda s: (s["data_schema"]["modalities"]["caption"].update(vocab_size=99), s.pop("data_fingerprint")),
+     "does not fit the data_schema and config stored in it"),  # nor the weights
+    (lambda s: s["data_schema"].update(version=99), "its data_schema has version 99"),
+    (lambda s: s["data_schema"]["tasks"]["y"].pop("dim"), "its data_schema lacks the entry 'dim'"),
+    (lambda s: s["data_schema"]["state"]["modalities.tabular"].update(mean=[0.0]),
+     "dataset.modalities.tabular: the stored state of this numeric reader has 1 'mean' values for 2 columns"),
+])
+def test_a_schema_that_does_not_fit_is_one_line(text_numbers: tuple[Path, Path], tmp_path: Path, edit: Any,
+                                                 message: str) -> None:
+    bad = _edited(text_numbers[0], tmp_path / "bad.pt", edit)
+    with pytest.raises(UserError) as e:
+        predict(_config(bad, _new_rows(tmp_path), tmp_path / "p.csv"))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def _table() -> dict[str, list[Any]]:
+    return {"text": ["The red fox", "a red, red hen!", "", "blue fox", "green ideas sleep", "red"],
+            "x1": ["1.5", "2", "", "7.25", "3", "-1"], "x2": ["0.1", "0.2", "0.4", "", "1e3", "5"],
+            "x3": ["9", "9", "9", "9", "9", "9"],
+            "label": ["b", "a", "c", "", "a", "b"], "yes": ["no", "yes", "yes", "no", "", "no"],
+            "tags": ["p|q", "[]", "q", "", "r", "p"], "y": ["1.5", "2.5", "", "10", "4", "0.5"]}
+
+
+@pytest.mark.parametrize("reader", [
+    TextReader("text", max_length=4, min_count=1), TextReader("text", max_vocab=2, lowercase=False),
+    NumericReader("x", columns=["x1", "x2"]), ClassLabel("label"), BinaryLabel("yes", positive="no"),
+    MultiLabel("tags"), NumericTarget("y", log=True),
+], ids=repr)
+def test_state_applied_to_the_training_rows_equals_state_learned(reader: Reader, tmp_path: Path) -> None:
+    """``read_with`` the stored state (through JSON, as plain data) gives, bit for bit, what ``read`` learned,
+    and learns nothing: the same rows read as new rows only (no training row in the split) still match."""
+    table = _table()
+    split = torch.tensor([0, 0, 0, 0, 1, 2])
+    learned = reader.read(table, ReadContext(tmp_path, split, unseen_classes="ignore"))
+    state = json.loads(json.dumps(learned.state))
+    assert learned.state
+    applied = reader.read_with(table, ReadContext(tmp_path, torch.full((6,), 2), unseen_classes="ignore"), state)
+    assert torch.equal(applied.values, learned.values) and applied.values.dtype == learned.values.dtype
+    assert torch.equal(applied.present, learned.present)
+    assert (applied.spec, applied.learned, applied.state) == (learned.spec, learned.learned, learned.state)
+    training = {k: v[:4] for k, v in table.items()}  # the training rows alone, read with the state
+    alone = reader.read_with(training, ReadContext(tmp_path, torch.full((4,), 2), unseen_classes="ignore"), state)
+    assert torch.equal(alone.values, learned.values[:4])
+
+
+def test_stored_columns_are_not_expanded_again(tmp_path: Path) -> None:
+    """A numeric reader with a glob reads the columns it was trained on, even where the new rows have more."""
+    table = _table()
+    reader = NumericReader("x", columns=["x*"])
+    learned = reader.read({k: table[k] for k in ("x1", "x2")}, ReadContext(tmp_path, torch.zeros(6, dtype=torch.long)))
+    assert learned.state["columns"] == ["x1", "x2"]
+    applied = reader.read_with(table, ReadContext(tmp_path, torch.full((6,), 2)), learned.state)  # x3 matches too
+    assert applied.spec.shape == (2,) and torch.equal(applied.values, learned.values)
+    with pytest.raises(ComponentError, match="lack the column"):
+        reader.read_with({"x1": table["x1"]}, ReadContext(tmp_path, torch.full((6,), 2)), learned.state)
+    with pytest.raises(ComponentError, match="cannot read with a stored state"):  # a reader that keeps none
+        Reader.read_with(reader, table, ReadContext(tmp_path, torch.full((6,), 2)), {"words": ["a"]})
+
+
+def test_the_dataset_cache_keeps_the_readers_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run whose data comes from the cache stores the same state as one that read the manifest; an entry
+    written before readers kept their state loads without it (mtmm-predict then reads the training rows)."""
+    from mtmm_train.data.files import files
+
+    table = [{k: v for k, v in r.items() if k != "image"} for r in rows(tmp_path, 12)]
+    manifest = write(tmp_path / "m.csv", table)
+    kw = {"modalities": {"caption": {"_target_": "mtmm_train.data.readers.TextReader"},
+                         "tabular": {"_target_": "mtmm_train.data.readers.NumericReader", "columns": ["a", "b"]}},
+          "tasks": {"colour": {"_target_": "mtmm_train.data.readers.ClassLabel"}},
+          "split_column": "fold", "cache_dir": str(tmp_path / "cache"), "num_workers": 0}
+    decoded = files(str(manifest), **kw)
+    with caplog.at_level("INFO", logger="mtmm_train"):
+        cached = files(str(manifest), **kw)
+    assert any("from the cache" in r.getMessage() for r in caplog.records)
+    entry = next((tmp_path / "cache" / "files").glob("*.pt"))
+    assert decoded.state["modalities.caption"]["words"] and cached.state == decoded.state
+    assert cached.learned == decoded.learned
+    payload = torch.load(entry, weights_only=True)
+    payload.pop("state")  # as an entry written before readers kept their state
+    torch.save(payload, entry)
+    older = files(str(manifest), **kw)
+    assert older.state == {} and older.learned == decoded.learned

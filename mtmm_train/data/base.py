@@ -299,6 +299,10 @@ class MultiModalData:
             decoded per sample in DataLoader workers) or ``cache`` (tensors memory-mapped from the
             disk cache, batched in DataLoader workers). The recipe keeps ``stream`` and ``cache``
             splits on the host and streams both training and evaluation through workers.
+        state: ``modalities.<name>`` or ``tasks.<name>`` -> its reader's full state
+            (``ReadResult.state``: a vocabulary's words, statistics, classes), with which the reader reads
+            new rows without the training split (``Reader.read_with``); checkpoints keep it for
+            ``mtmm-predict``. A reader absent here (data from an older cache entry) has none.
     """
 
     modalities: dict[str, ModalitySpec]
@@ -306,6 +310,7 @@ class MultiModalData:
     splits: dict[str, TensorSplit | FileSplit]
     learned: dict[str, dict[str, Any]] = field(default_factory=dict)
     storage: str = "memory"
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def select(self, modalities: list[str], tasks: list[str]) -> MultiModalData:
         """Keep only the given modalities and tasks (in the given order)."""
@@ -316,4 +321,6 @@ class MultiModalData:
             {k: v for k, v in self.learned.items()
              if k in {f"modalities.{m}" for m in modalities} | {f"tasks.{t}" for t in tasks}},
             self.storage,
+            {k: v for k, v in self.state.items()
+             if k in {f"modalities.{m}" for m in modalities} | {f"tasks.{t}" for t in tasks}},
         )

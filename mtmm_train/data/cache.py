@@ -58,6 +58,7 @@ def save_cached(path: Path, data: MultiModalData) -> None:
         "modalities": [asdict(s) for s in data.modalities.values()],
         "tasks": [asdict(s) for s in data.tasks.values()],
         "learned": data.learned,
+        "state": data.state,  # entries written before readers kept their state lack it (loaded as {})
         "splits": {k: {"inputs": s.inputs, "present": s.present, "targets": s.targets, "labeled": s.labeled,
                        "rows": s.rows} for k, s in data.splits.items()},
     }
@@ -95,4 +96,4 @@ def load_cached(path: Path, mmap: bool = False) -> MultiModalData | None:
     tasks = {d["name"]: TaskSpec(d["name"], d["kind"], d["dim"]) for d in payload["tasks"]}
     splits = {k: TensorSplit(s["inputs"], s["present"], s["targets"], s["labeled"], s.get("rows"))
               for k, s in payload["splits"].items()}
-    return MultiModalData(modalities, tasks, splits, payload.get("learned") or {})
+    return MultiModalData(modalities, tasks, splits, payload.get("learned") or {}, state=payload.get("state") or {})

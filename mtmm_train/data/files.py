@@ -290,7 +290,8 @@ def from_table(table: Table, root: Path, modalities: dict[str, ModalityReader], 
                   "fill its column or change the split")
     data = MultiModalData({m: columns[f"modalities.{m}"].spec for m in modalities},
                           {t: columns[f"tasks.{t}"].spec for t in tasks}, splits,
-                          {key: c.learned for key, c in columns.items()})
+                          {key: c.learned for key, c in columns.items()},
+                          state={key: c.state for key, c in columns.items()})
     log.info("dataset: %s rows (%s); modalities %s; tasks %s", num_rows,
              ", ".join(f"{k} {len(s)}" for k, s in splits.items()),
              ", ".join(f"{m} {s.kind}{list(s.shape)}" for m, s in data.modalities.items()),
@@ -321,7 +322,7 @@ def probe(reader: ModalityReader, table: Table, ctx: ReadContext) -> ReadResult:
                              "or empty the cell") from None
     one = ReadContext(ctx.root, ctx.split[first:first + 1], 0, ctx.unseen_classes, ctx.manifest)
     result = reader.read({c: [table[c][first]] for c in reader.columns_in(list(table))}, one)
-    return ReadResult(result.values, present, result.spec, result.learned)
+    return ReadResult(result.values, present, result.spec, result.learned, result.state)
 
 
 def file_split(tensors: TensorSplit, table: Table, root: Path, modalities: dict[str, ModalityReader],

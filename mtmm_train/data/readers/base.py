@@ -11,6 +11,23 @@ reader is valid only after another call. Readers do not know where they sit in t
 raise :class:`~mtmm_train.errors.ComponentError` (:class:`~mtmm_train.errors.SettingError` about
 one of their settings), and the dataset names the key (``dataset.modalities.photo``) with
 :func:`mtmm_train.instantiate.located`.
+
+Learning and applying. A reader that learns from the training split (numeric statistics, a word
+vocabulary, classes, labels) returns two records of it in its :class:`ReadResult`:
+
+* ``learned``: a short summary (a vocabulary as its size and a digest), part of the data's
+  fingerprint and of cache keys; it never changes meaning, so old checkpoints and caches still match;
+* ``state``: everything needed to read other rows the same way, as plain data (lists, mappings,
+  text, numbers: it goes into checkpoints loaded with ``weights_only=True``), e.g. ``{"columns": [...],
+  "mean": [...], "std": [...]}`` or ``{"words": [...]}`` (the vocabulary in id order). Empty for a
+  reader that learns nothing.
+
+:meth:`Reader.read_with` reads rows with a stored ``state`` instead of learning it: the split in the
+context is not consulted, and the result (values, spec, ``learned``, ``state``) equals, bit for bit,
+what :meth:`Reader.read` gave those rows when it learned that state. ``mtmm-predict`` reads new rows
+so, from the checkpoint alone. The base class's :meth:`Reader.read_with` reads as :meth:`Reader.read`
+when ``state`` is empty, so a reader that learns nothing needs nothing more; one that learns must
+return its ``state`` and override :meth:`Reader.read_with`.
 """
 
 from __future__ import annotations
@@ -75,12 +92,15 @@ class ReadResult(Generic[S]):
             :class:`~mtmm_train.batch.TaskSpec`.
         learned: what the reader learned from the training split, as plain data (:func:`learned`);
             part of the data's fingerprint.
+        state: what :meth:`Reader.read_with` needs to read other rows as these were read (the full
+            vocabulary, the statistics, the classes), as plain data; empty when nothing was learned.
     """
 
     values: Tensor
     present: Tensor
     spec: S
     learned: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 class Reader(Generic[S]):
@@ -113,6 +133,25 @@ class Reader(Generic[S]):
             ComponentError: a cell or a file the reader cannot use, or a setting that does not fit the data.
         """
         raise NotImplementedError
+
+    def read_with(self, table: Table, ctx: ReadContext, state: dict[str, Any]) -> ReadResult[S]:
+        """Read every row of ``table`` with a ``state`` that an earlier :meth:`read` returned, learning nothing.
+
+        ``ctx.split`` is not used to learn (the rows need not include any training row); the result is
+        what :meth:`read` gave the same rows when it learned ``state``.
+
+        Args:
+            table: the rows to read.
+            ctx: the read context.
+            state: :attr:`ReadResult.state` of the training run's :meth:`read`.
+
+        Raises:
+            ComponentError: as :meth:`read`, or ``state`` is not one this reader wrote.
+        """
+        if state:
+            raise ComponentError(f"{type(self).__name__} cannot read with a stored state (it has keys "
+                                 f"{', '.join(sorted(state))}); read the training rows with it instead")
+        return self.read(table, ctx)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(column={self.column!r})"
@@ -176,6 +215,46 @@ def learned(classes: list[str] | None = None, labels: list[str] | None = None, p
     if tokenizer is not None:
         out["tokenizer"] = str(tokenizer)
     return out
+
+
+def state_entry(state: dict[str, Any], key: str, kind: type, reader: str) -> Any:
+    """``state[key]``, checked to be a ``kind`` (e.g. ``list``): a stored state written by another reader or
+    version is refused, not half applied.
+
+    Raises:
+        ComponentError: the key is missing or holds something else.
+    """
+    value = state.get(key)
+    if not isinstance(value, kind):
+        raise ComponentError(f"the stored state of this {reader} reader has no '{key}' {kind.__name__} "
+                             f"(found {type(value).__name__}); it was written by another reader or version")
+    return value
+
+
+def float_state(state: dict[str, Any], key: str, size: int, reader: str) -> Tensor:
+    """``state[key]``: ``size`` floats (statistics), as the float64 tensor they were learned as.
+
+    Raises:
+        ComponentError: missing, not numbers, or another length.
+    """
+    values = state_entry(state, key, list, reader)
+    if len(values) != size or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise ComponentError(f"the stored state of this {reader} reader has {len(values)} '{key}' values for "
+                             f"{size} columns; it was written for other columns")
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def class_names(state: dict[str, Any], reader: str, key: str = "classes") -> list[str]:
+    """The stored class (or label) names of a target reader's state, checked.
+
+    Raises:
+        ComponentError: missing, not names, or a name twice.
+    """
+    names = state_entry(state, key, list, reader)
+    if not all(isinstance(c, str) for c in names) or len(set(names)) != len(names):
+        raise ComponentError(f"the stored '{key}' of this {reader} reader hold something other than names, or a "
+                             "name twice; it was written by another reader or version")
+    return list(names)
 
 
 def present_of(cells: list[Any]) -> Tensor:
@@ -342,11 +421,16 @@ def check_scalar_cells(cells: list[Any], column: str, what: str, manifest: Path 
 NAN_LABELS = ("nan", "-nan", "+nan", "<na>")
 
 
-def class_ids(cells: list[Any], ctx: ReadContext, column: str) -> tuple[list[str], Tensor, Tensor]:
-    """Map class labels to ids, the classes taken from the training split.
+def class_ids(cells: list[Any], ctx: ReadContext, column: str,
+              classes: list[str] | None = None) -> tuple[list[str], Tensor, Tensor]:
+    """Map class labels to ids, the classes taken from the training split (or given).
 
     An empty cell is a missing label; a cell that spells NaN (``NaN``, ``nan``, ``<NA>``) or holds
     infinity is refused rather than taken as a class named so, and so is a list.
+
+    Args:
+        classes: the classes, in id order, learned before (a stored state); None: learn them from
+            the training split.
 
     Returns:
         ``(classes, ids (N,) long, labeled (N,) bool)``.
@@ -365,8 +449,9 @@ def class_ids(cells: list[Any], ctx: ReadContext, column: str) -> tuple[list[str
                                  f"{'infinity' if infinite else 'a missing value (NaN)'}, not a class; leave the cell "
                                  "empty for a missing label")
     keys = [None if is_empty(v) else class_key(v) for v in cells]
-    train = ctx.train.tolist()
-    classes = sort_classes({k for k, t in zip(keys, train, strict=True) if t and k is not None})
+    if classes is None:
+        train = ctx.train.tolist()
+        classes = sort_classes({k for k, t in zip(keys, train, strict=True) if t and k is not None})
     if len(classes) < 2:
         raise ComponentError(f"column '{column}' has {len(classes)} class(es) in the training split "
                              f"({', '.join(classes) or 'no labels'}); a task needs at least two: check the column "

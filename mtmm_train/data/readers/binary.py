@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import ReadContext, ReadResult, TargetReader, class_ids, class_key, learned
+from mtmm_train.data.readers.base import (
+    ReadContext,
+    ReadResult,
+    TargetReader,
+    class_ids,
+    class_key,
+    class_names,
+    learned,
+)
 from mtmm_train.errors import KEY, ComponentError, SettingError
 
 
@@ -23,7 +33,14 @@ class BinaryLabel(TargetReader):
         self.positive = None if positive is None else class_key(positive)
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
-        classes, ids, labeled = class_ids(table[self.column], ctx, self.column)
+        return self._read(table, ctx, None)
+
+    def read_with(self, table: Table, ctx: ReadContext, state: dict[str, Any]) -> ReadResult[TaskSpec]:
+        """0/1 over the stored ``classes`` (see :meth:`Reader.read_with`)."""
+        return self._read(table, ctx, class_names(state, "binary"))
+
+    def _read(self, table: Table, ctx: ReadContext, classes: list[str] | None) -> ReadResult[TaskSpec]:
+        classes, ids, labeled = class_ids(table[self.column], ctx, self.column, classes)
         if len(classes) != 2:
             raise ComponentError(f"column '{self.column}' has {len(classes)} classes in the training split "
                                  f"({', '.join(classes[:6])}); a binary task needs exactly two: use "
@@ -33,4 +50,4 @@ class BinaryLabel(TargetReader):
             raise SettingError("positive", f"is '{positive}', which is not a class of column '{self.column}'; "
                                f"allowed: {', '.join(classes)}")
         return ReadResult((ids == classes.index(positive)).float(), labeled, TaskSpec(self.name, "binary", 1),
-                          learned(classes=classes, positive=self.positive))
+                          learned(classes=classes, positive=self.positive), {"classes": list(classes)})

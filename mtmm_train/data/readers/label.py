@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mtmm_train.batch import TaskSpec
 from mtmm_train.data.manifest import Table
-from mtmm_train.data.readers.base import ReadContext, ReadResult, TargetReader, class_ids, learned
+from mtmm_train.data.readers.base import (
+    ReadContext,
+    ReadResult,
+    TargetReader,
+    class_ids,
+    class_names,
+    learned,
+)
 
 
 class ClassLabel(TargetReader):
@@ -19,5 +28,13 @@ class ClassLabel(TargetReader):
     """
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
-        classes, ids, labeled = class_ids(table[self.column], ctx, self.column)
-        return ReadResult(ids, labeled, TaskSpec(self.name, "multiclass", len(classes)), learned(classes=classes))
+        return self._read(table, ctx, None)
+
+    def read_with(self, table: Table, ctx: ReadContext, state: dict[str, Any]) -> ReadResult[TaskSpec]:
+        """Class ids over the stored ``classes`` (see :meth:`Reader.read_with`)."""
+        return self._read(table, ctx, class_names(state, "label"))
+
+    def _read(self, table: Table, ctx: ReadContext, classes: list[str] | None) -> ReadResult[TaskSpec]:
+        classes, ids, labeled = class_ids(table[self.column], ctx, self.column, classes)
+        return ReadResult(ids, labeled, TaskSpec(self.name, "multiclass", len(classes)), learned(classes=classes),
+                          {"classes": list(classes)})

@@ -14,6 +14,7 @@ from mtmm_train.data.readers.base import (
     ReadResult,
     TargetReader,
     class_key,
+    class_names,
     expand_columns,
     float_cells,
     learned,
@@ -59,9 +60,13 @@ class MultiLabel(TargetReader):
     def columns_in(self, available: list[str]) -> list[str]:
         return self.columns() if self.cols is None else expand_columns(self.cols, available)
 
-    def read_indicators(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
-        """One 0/1 column per label."""
-        cols = self.columns_in(list(table))
+    def read_indicators(self, table: Table, ctx: ReadContext, labels: list[str] | None = None) -> ReadResult[TaskSpec]:
+        """One 0/1 column per label (``labels``: the columns, stored by an earlier read; None: expanded now)."""
+        cols = self.columns_in(list(table)) if labels is None else labels
+        lacking = [c for c in cols if c not in table]
+        if lacking:
+            raise ComponentError(f"the rows lack the label column(s) {', '.join(lacking[:MAX_LISTED])} of the "
+                                 "stored state")
         y = torch.stack([float_cells(table[c], c) for c in cols], 1)  # (N, K) float64, NaN = empty
         bad = ~torch.isnan(y) & (y != 0) & (y != 1)
         if bad.any():
@@ -69,10 +74,10 @@ class MultiLabel(TargetReader):
             raise ComponentError(f"column '{cols[col]}' row {row + 1} holds {float(y[row, col]):g}, not 0 or 1; each "
                                  f"of {KEY}.columns marks one label with 0 or 1 (empty: missing)")
         labeled = ~torch.isnan(y).all(1)
-        if not (labeled & ctx.train).any():
+        if labels is None and not (labeled & ctx.train).any():
             raise ComponentError(f"columns {', '.join(cols[:MAX_LISTED])} have no label in the training split")
         return ReadResult(torch.nan_to_num(y, nan=0.0).float(), labeled, TaskSpec(self.name, "multilabel", len(cols)),
-                          learned(labels=cols))
+                          learned(labels=cols), {"labels": list(cols)})
 
     def split(self, cell: Any) -> list[str]:
         """The labels of one non-empty cell."""
@@ -84,12 +89,20 @@ class MultiLabel(TargetReader):
         return [s.strip() for s in text.split(self.separator) if s.strip()]
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[TaskSpec]:
+        return self._read(table, ctx, None)
+
+    def read_with(self, table: Table, ctx: ReadContext, state: dict[str, Any]) -> ReadResult[TaskSpec]:
+        """0/1 over the stored ``labels`` (see :meth:`Reader.read_with`)."""
+        return self._read(table, ctx, class_names(state, "multilabel", "labels"))
+
+    def _read(self, table: Table, ctx: ReadContext, labels: list[str] | None) -> ReadResult[TaskSpec]:
         if self.cols is not None:
-            return self.read_indicators(table, ctx)
+            return self.read_indicators(table, ctx, labels)
         cells = table[self.column]
         sets = [None if is_empty(v) else self.split(v) for v in cells]
-        train = ctx.train.tolist()
-        labels = sort_classes({x for s, t in zip(sets, train, strict=True) if t and s is not None for x in s})
+        if labels is None:
+            train = ctx.train.tolist()
+            labels = sort_classes({x for s, t in zip(sets, train, strict=True) if t and s is not None for x in s})
         if not labels:
             raise ComponentError(f"column '{self.column}' has no label in the training split; check the column and "
                                  f"{KEY}.separator ('{self.separator}')")
@@ -105,4 +118,5 @@ class MultiLabel(TargetReader):
                 if x in index:  # an unseen label (policy ignore) is dropped from the set
                     values[i, index[x]] = 1.0
         return ReadResult(values, torch.tensor([s is not None for s in sets], dtype=torch.bool),
-                          TaskSpec(self.name, "multilabel", len(labels)), learned(labels=labels))
+                          TaskSpec(self.name, "multilabel", len(labels)), learned(labels=labels),
+                          {"labels": list(labels)})

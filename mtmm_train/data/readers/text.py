@@ -19,6 +19,7 @@ from mtmm_train.data.readers.base import (
     check_scalar_cells,
     learned,
     present_of,
+    state_entry,
 )
 from mtmm_train.errors import KEY, ComponentError, SettingError, UserError
 
@@ -68,16 +69,37 @@ class TextReader(ModalityReader):
         return WORD.findall(text.lower() if self.lowercase else text)
 
     def read(self, table: Table, ctx: ReadContext) -> ReadResult[ModalitySpec]:
+        return self._read(table, ctx, None)
+
+    def read_with(self, table: Table, ctx: ReadContext, state: dict[str, Any]) -> ReadResult[ModalitySpec]:
+        """Token ids with the stored vocabulary (``words``, in id order), or the stored ``tokenizer``'s
+        (see :meth:`Reader.read_with`)."""
+        if self.tokenizer is not None:
+            if state.get("tokenizer") != self.tokenizer:
+                raise ComponentError(f"the stored state names the tokenizer {state.get('tokenizer')!r}, the reader "
+                                     f"has {self.tokenizer!r}; predict with the config the model was trained with")
+            return self._read(table, ctx, None)
+        words = state_entry(state, "words", list, "text")
+        if not words or not all(isinstance(w, str) for w in words) or len(set(words)) != len(words):
+            raise ComponentError("the stored vocabulary of this text reader is empty, holds a word twice or holds "
+                                 "something other than words; it was written by another reader or version")
+        return self._read(table, ctx, {w: i + 2 for i, w in enumerate(words)})
+
+    def _read(self, table: Table, ctx: ReadContext, vocab: dict[str, int] | None) -> ReadResult[ModalitySpec]:
+        """:meth:`read` (``vocab`` None: learned from the training split, when the reader splits words)."""
         cells = table[self.column]
         check_scalar_cells(cells, self.column, "a text", ctx.manifest)
         present = present_of(cells)
         texts = [str(v) if p else "" for v, p in zip(cells, present.tolist(), strict=True)]
-        vocab: dict[str, int] = {}
+        state: dict[str, Any] = {}
         if self.tokenizer is None:
-            vocab, ids = self._word_ids(texts, ctx)
+            vocab, ids = self._word_ids(texts, ctx, vocab)
             size = len(vocab) + 2
+            state["words"] = list(vocab)  # in id order: the ids are 2, 3, ... by insertion
         else:
+            vocab = {}
             size, ids = self._pretrained_ids(texts)
+            state["tokenizer"] = self.tokenizer
         values = torch.zeros(len(texts), self.max_length, dtype=torch.long)
         for i, row in enumerate(ids):
             row = row[:self.max_length]
@@ -85,11 +107,14 @@ class TextReader(ModalityReader):
         info = {"tokenizer": self.tokenizer, "special_tokens": self.special_tokens}
         return ReadResult(values, present, ModalitySpec(self.name, (self.max_length,), "tokens", vocab_size=size,
                                                         info=info),
-                          learned(vocab=vocab, tokenizer=self.tokenizer))
+                          learned(vocab=vocab, tokenizer=self.tokenizer), state)
 
-    def _word_ids(self, texts: list[str], ctx: ReadContext) -> tuple[dict[str, int], list[list[int]]]:
-        """The vocabulary (word -> id) of the training split, and every text's ids."""
+    def _word_ids(self, texts: list[str], ctx: ReadContext,
+                  vocab: dict[str, int] | None = None) -> tuple[dict[str, int], list[list[int]]]:
+        """The vocabulary (word -> id) of the training split (or ``vocab``, given), and every text's ids."""
         tokens = [self.words(t) for t in texts]
+        if vocab is not None:
+            return vocab, [[vocab.get(w, UNK) for w in toks] for toks in tokens]
         train = ctx.train.tolist()
         counts = Counter(w for toks, tr in zip(tokens, train, strict=True) if tr for w in toks)
         # Most frequent first; ties in alphabetical order, so the vocabulary is deterministic.
