@@ -22,6 +22,11 @@ features are zeros, and the fusion masks them.
 Setting: ``model.feature_cache`` = ``auto`` (cache every eligible encoder) or ``off``; the folder is
 ``model.feature_cache_dir``, else ``dataset.cache_dir``, else ``$MTMM_CACHE_DIR``, else
 ``~/.cache/mtmm-train``.
+
+For ``mtmm-cache`` (:mod:`mtmm_train.cache_cli`), each entry ``features/<key>/`` has a small description,
+``feature-info/<key>.json`` (:func:`write_info`: the modality, the encoder's and reader's configs, the shapes;
+not part of the key; outside ``features/``, which holds the entries alone), and a hit sets the entry folder's
+modification time to now ("last used").
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ from mtmm_train.checkpoint import data_fingerprint
 from mtmm_train.data.base import MultiModalData, TensorSplit
 from mtmm_train.errors import UserError
 
-__all__ = ["FEATURE_CACHE_VERSION", "MODES", "apply", "augmented", "cache_folder", "entry_key", "frozen",
-           "tensor_digest", "weights_digest"]
+__all__ = ["FEATURE_CACHE_VERSION", "MODES", "apply", "augmented", "cache_folder", "entry_key", "frozen", "info_path",
+           "tensor_digest", "weights_digest", "write_info"]
 
 log = logging.getLogger("mtmm_train")
 
@@ -189,6 +194,44 @@ def cache_folder(cfg: DictConfig) -> Path:
     folder = OmegaConf.select(cfg, "model.feature_cache_dir") or OmegaConf.select(cfg, "dataset.cache_dir") \
         or os.environ.get("MTMM_CACHE_DIR") or "~/.cache/mtmm-train"
     return Path(str(folder)).expanduser() / "features"
+
+
+INFO_FOLDER = "feature-info"  # beside features/: <cache dir>/feature-info/<entry name>.json
+
+
+def info_path(folder: Path) -> Path:
+    """The description of the entry ``folder`` (``<cache dir>/features/<name>``):
+    ``<cache dir>/feature-info/<name>.json``."""
+    return folder.parent.parent / INFO_FOLDER / f"{folder.name}.json"
+
+
+def write_info(folder: Path, cfg: DictConfig, modality: str, tokens: bool, precision: str,
+               shapes: dict[str, tuple[int, ...]]) -> None:
+    """Describe the entry ``folder`` for ``mtmm-cache list``, once (best effort: a failure is only logged).
+
+    Args:
+        folder: the entry.
+        cfg: the run's config (the encoder's config, without fine-tuning settings, and the reader's).
+        modality: the modality.
+        tokens: token features (else pooled).
+        precision: ``trainer.precision``.
+        shapes: split -> the shape of its features.
+    """
+    path = info_path(folder)
+    if path.is_file():
+        return
+    from mtmm_train.finetune import KEYS
+
+    encoder = {k: v for k, v in OmegaConf.to_container(cfg.model.encoders[modality], resolve=True).items()
+               if k not in KEYS}
+    info = {"v": FEATURE_CACHE_VERSION, "modality": modality, "encoder": encoder,
+            "reader": reader_settings(cfg, modality), "tokens": tokens, "precision": precision,
+            "shapes": {k: list(v) for k, v in shapes.items()}}
+    try:
+        with fileio.atomic_write(path, text=True) as f:
+            f.write(json.dumps(info, sort_keys=True, default=str) + "\n")
+    except OSError as e:  # a read-only cache still serves its entries
+        log.debug("feature cache: could not describe %s (%s)", folder, e)
 
 
 # ---------------------------------------------------------------------- computing and storing
@@ -332,18 +375,23 @@ def apply(cfg: DictConfig, model: nn.Module, data: MultiModalData, splits: dict[
         finally:
             encoder.train(was_training)
         distributed.barrier()  # the other ranks read what rank 0 wrote
-        size = 0
+        size, shapes = 0, {}
         for name, path in paths.items():
             features = load_features(path)
             if features is None:
                 raise UserError(f"feature cache entry {path} could not be read after it was written; check the "
                                 "folder (model.feature_cache_dir), or set model.feature_cache=off")
             size += path.stat().st_size
+            shapes[name] = tuple(features.shape)
             splits[name] = cached_split(splits[name], m, features)
             if data.splits.get(name) is not None:
                 data.splits[name] = cached_split(data.splits[name], m, features)
         model.precomputed.add(m)
         shape = tuple(splits["train"].inputs[m].shape[1:])
+        if dist.is_main:  # "last used" and a description, for mtmm-cache
+            with contextlib.suppress(OSError):
+                os.utime(folder)
+            write_info(folder, cfg, m, tokens, precision, shapes)
         if computed:
             log.info("feature cache: model.encoders.%s is frozen; computed its %s outputs %s for %s in %.1f s, "
                      "wrote %.1f MB to %s", m, "token" if tokens else "pooled", shape, ", ".join(computed),

@@ -14,6 +14,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS
+from omegaconf import OmegaConf
 from scipy.optimize import fsolve
 
 from mtmm_train.balancers import MGDA, PCGrad, UPGrad, torchjd_api
@@ -22,6 +24,7 @@ from mtmm_train.balancers.aligned_mtl import AlignedMTL
 from mtmm_train.balancers.cagrad import CAGrad
 from mtmm_train.balancers.imtl_g import IMTLG
 from mtmm_train.balancers.nash_mtl import NashMTL
+from mtmm_train.instantiate import build
 
 TOL = 1e-6
 TASKS = ["a", "b", "c", "d"]
@@ -186,6 +189,24 @@ def test_scale_equivariant(name: str) -> None:
         if isinstance(method, PCGrad):
             method.generator.manual_seed(0)
         assert torch.allclose(method.aggregate(s * jac), s * base, rtol=1e-6, atol=1e-9 * s), (name, s)
+
+
+def test_upgrad_default_is_scale_equivariant_for_small_gradients() -> None:
+    """``norm_eps`` is an absolute threshold on the Gramian's trace: at torchjd's 1e-4 (the former
+    default) gradients scaled by 1e-3 got the plain mean, which conflicts with a task (relative
+    difference 2.5 on this input). The config's default (0) leaves the update scale-equivariant."""
+    jac = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    jac[1:] -= 1.5 * jac[:1]  # both others conflict with the first
+    default = build(OmegaConf.load(CONFIGS / "balancer" / "upgrad.yaml"), "balancer", tasks=TASKS)
+    base = default.aggregate(jac)
+    assert torch.all(jac @ base >= 0)
+    for s in (1e-2, 1e-4, 1e-8):
+        assert torch.allclose(default.aggregate(s * jac) / s, base, rtol=1e-9, atol=0), s
+    # An explicit norm_eps keeps torchjd's absolute threshold: below it, the mean, conflicts included.
+    thresholded = UPGrad(TASKS, norm_eps=1e-4)
+    assert torch.allclose(thresholded.aggregate(jac), base, rtol=1e-9, atol=0)  # trace 48: above it
+    small = thresholded.aggregate(1e-3 * jac) / 1e-3  # trace 5e-5: below it
+    assert torch.allclose(small, jac.mean(0)) and (jac @ small).min() < 0
 
 
 def test_nash_mtl_is_scale_invariant_so_fp16_must_unscale_first() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import math
 import re
 from pathlib import Path
@@ -20,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import mtmm_train.balancers
-from mtmm_train.balancers import MGDA, UPGrad, all_balancers, torchjd_api
+from mtmm_train.balancers import MGDA, RandomWeighting, UPGrad, all_balancers, torchjd_api
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.balancers.base import BalanceContext, Balancer
+from mtmm_train.balancers.base import BalanceContext, Balancer, SeededGenerator
 from mtmm_train.errors import SettingError, UserError
 from mtmm_train.instantiate import build
 
@@ -135,6 +136,10 @@ def test_every_balancer_has_a_config_and_every_config_a_balancer() -> None:
         # Config keys are the constructor's parameters, every one of them (its default lives in the config).
         params = set(inspect.signature(cls).parameters) - {"tasks"}
         assert set(node) - {"_target_"} == params, (name, params)
+        # A balancer that draws random numbers does so from a generator of its own, seeded by the run's seed.
+        assert ("seed" in params) == issubclass(cls, SeededGenerator), name
+        if "seed" in params:
+            assert OmegaConf.to_container(node)["seed"] == "${seed}", name
 
 
 BAD_VALUES = [("upgrad", "mode", "sideways"), ("cagrad", "c", -1), ("dwa", "window", 0),
@@ -206,6 +211,73 @@ def test_a_shared_tensor_off_the_losses_path_is_an_error_not_zero_gradients(name
     with pytest.raises(UserError, match="no task loss depends on the shared tensor"):
         step(Beside(), make(name), x, ys, all_labeled())
     step(Tiny(), make(name), x, ys, {t: torch.zeros(32, dtype=torch.bool) for t in TASKS})  # unlabelled: fine
+
+
+
+# ---------------------------------------------------------------- random draws
+@pytest.mark.parametrize(("name", "mode"), CASES, ids=[f"{b}-{m or 'default'}" for b, m in CASES])
+def test_no_balancer_draws_from_the_global_generator(name: str, mode: str | None) -> None:
+    """Dropout, modality dropout and augmentation draw from torch's global generator: a balancer
+    that drew from it too (RLW's weights, PCGrad's orders did) would make ``balancer=rlw`` and
+    ``balancer=static`` differ in more than the weighting, and keep data-parallel processes
+    drawing the same weights only while their global generators stay in step."""
+    torch.manual_seed(0)
+    model, balancer, (x, ys) = Tiny(), make(name, mode), data()
+    before = torch.get_rng_state()
+    weights = [step(model, balancer, x, ys, all_labeled(), index=i)[1] for i in range(3)]
+    assert torch.equal(torch.get_rng_state(), before), name
+    if name == "rlw":
+        assert not torch.equal(weights[0], weights[1])  # it does draw, fresh weights every step
+
+
+def rlw_context(labeled: list[str], n: int = 4) -> BalanceContext:
+    """A step's context as RLW reads it: only which tasks have labels."""
+    counts = {t: torch.tensor(n if t in labeled else 0) for t in TASKS}
+    return BalanceContext(torch.zeros(1, 1), [], counts, torch.amp.GradScaler("cpu", enabled=False), 0)
+
+
+def draws(method: RandomWeighting, k: int, labeled: list[str] = TASKS) -> Tensor:
+    ctx, losses = rlw_context(labeled), torch.ones(len(TASKS))
+    return torch.stack([method.loss_weights(losses, ctx) for _ in range(k)])
+
+
+def test_rlw_draws_from_its_seed() -> None:
+    assert torch.equal(draws(RandomWeighting(TASKS, seed=3), 5), draws(RandomWeighting(TASKS, seed=3), 5))
+    assert not torch.equal(draws(RandomWeighting(TASKS, seed=3), 5), draws(RandomWeighting(TASKS, seed=4), 5))
+    for seed in (0, 7):  # the config passes the run's seed
+        method = build(compose_cfg(["balancer=rlw", f"seed={seed}"]).balancer, "balancer", tasks=TASKS)
+        assert method.seed == seed and "seed=" + str(seed) in repr(method)
+        assert torch.equal(method.generator.get_state(), torch.Generator().manual_seed(seed).get_state())
+
+
+def test_rlw_weights_average_one_per_labelled_task_and_zero_without_labels() -> None:
+    w = draws(RandomWeighting(TASKS, seed=0), 4000, labeled=["a", "b"])
+    assert torch.all(w[:, C] == 0) and torch.all(w[:, :C] > 0)
+    assert torch.allclose(w.sum(1), torch.full((4000,), 2.0))  # T' softmax over the T' labelled tasks
+    assert w[:, :C].mean(0).tolist() == pytest.approx([1.0, 1.0], abs=0.05)
+    assert w[:, :C].std(0).min() > 0.1  # random, not static
+    assert torch.equal(draws(RandomWeighting(TASKS, seed=0), 3, labeled=[]), torch.zeros(3, len(TASKS)))
+    # The labels do not shift the sequence: each call draws T numbers whatever the labels.
+    partly, fully = draws(RandomWeighting(TASKS, seed=0), 3, ["a", "b"]), draws(RandomWeighting(TASKS, seed=0), 3)
+    assert torch.allclose(partly[:, :C] / partly[:, :C].sum(1, keepdim=True),
+                          torch.softmax(torch.log(fully[:, :C]), 1))
+
+
+def test_rlw_generator_is_checkpointed_and_resume_is_exact() -> None:
+    method = RandomWeighting(TASKS, seed=0)
+    draws(method, 3)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)  # as the recipe's checkpoint holds it
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    expected = draws(method, 5)
+    resumed = RandomWeighting(TASKS, seed=99)
+    resumed.load_state_dict(state)
+    assert torch.equal(draws(resumed, 5), expected)
+    # A checkpoint written before RLW had a generator still loads (the generator keeps its seed).
+    old = RandomWeighting(TASKS, seed=0)
+    old.load_state_dict({})
+    assert torch.equal(draws(old, 3), draws(RandomWeighting(TASKS, seed=0), 3))
 
 
 # ---------------------------------------------------------------- the two spaces

@@ -113,6 +113,60 @@ class Balancer(nn.Module):
         return torch.stack([ctx.labeled_counts[t] for t in self.tasks]).gt(0).float()
 
 
+class SeededGenerator:
+    """Mixin of a balancer that draws random numbers: a CPU ``torch.Generator`` of its own.
+
+    Drawing from torch's global generator would make the choice of balancer move the random
+    streams of dropout, modality dropout and augmentation (a comparison with static weights
+    would then differ in more than the weighting), and would keep data-parallel processes
+    drawing the same numbers only as long as their global generators stay in step. The
+    generator is seeded by ``seed`` (the config passes the run's ``seed``: ``seed: ${seed}``),
+    and its state is the balancer's extra state in ``state_dict``, so a resumed run draws what
+    an uninterrupted one would; a checkpoint written before the balancer had a generator loads
+    and keeps the seeded one.
+
+    A balancer lists it before its family's base class (``class X(SeededGenerator, LossWeighting)``)
+    and calls :meth:`seed_generator` in its constructor.
+
+    Attributes:
+        seed: the generator's seed.
+        generator: the generator, on the CPU (move what it draws to the device with
+            ``.to(device, non_blocking=True)``: no host synchronisation).
+    """
+
+    seed: int
+    generator: torch.Generator
+
+    def seed_generator(self, seed: int | None) -> None:
+        """Create :attr:`generator`, seeded by ``seed`` (None: ``torch.initial_seed()`` at construction).
+
+        Raises:
+            SettingError: ``seed must be a non-negative integer, found -1``.
+        """
+        if seed is not None:
+            check_number("seed", seed, integer=True)
+        self.seed = torch.initial_seed() if seed is None else seed
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def get_extra_state(self) -> Tensor:
+        """The generator's state, saved in checkpoints with the balancer's ``state_dict``."""
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,  # type: ignore[misc]
+                                      missing_keys, unexpected_keys, error_msgs)
+        key = f"{prefix}_extra_state"
+        if key in missing_keys:  # a checkpoint from before the balancer had a generator: keep the seeded one
+            missing_keys.remove(key)
+
+    def extra_repr(self) -> str:
+        return ", ".join(filter(None, [super().extra_repr(), f"seed={self.seed}"]))  # type: ignore[misc]
+
+
 def check_number(name: str, value: object, positive: bool = False, integer: bool = False) -> None:
     """Refuse a constructor parameter that is not a (positive or non-negative) number.
 

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from mtmm_train.balancers.aggregation import GradientAggregation
-from mtmm_train.balancers.base import check_number
+from mtmm_train.balancers.base import SeededGenerator
 
 
-class PCGrad(GradientAggregation):
+class PCGrad(SeededGenerator, GradientAggregation):
     """Gradient surgery: for each task, in a random order of the others, remove the component
     along any other task's gradient it conflicts with (negative inner product); sum the results.
 
@@ -22,7 +22,7 @@ class PCGrad(GradientAggregation):
     generator of its own: torchjd's draw from torch's global generator, so choosing PCGrad moved
     the random streams of dropout and the rest of the run. The generator is seeded by ``seed`` and
     its state is part of the balancer's ``state_dict``, so a resumed run draws the orders an
-    uninterrupted one would.
+    uninterrupted one would (:class:`~mtmm_train.balancers.base.SeededGenerator`).
 
     Args:
         tasks: task names (passed in by the recipe).
@@ -33,10 +33,7 @@ class PCGrad(GradientAggregation):
 
     def __init__(self, tasks: list[str], mode: str = "representation", seed: int | None = None) -> None:
         super().__init__(tasks, mode)
-        if seed is not None:
-            check_number("seed", seed, integer=True)
-        self.seed = torch.initial_seed() if seed is None else seed
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.seed_generator(seed)
 
     def weights(self, gramian: Tensor) -> Tensor:
         m = gramian.shape[0]
@@ -62,21 +59,3 @@ class PCGrad(GradientAggregation):
                         v[j] -= dot / G[j, j]
             total += v
         return torch.from_numpy(total)
-
-    def get_extra_state(self) -> Tensor:
-        """The generator's state, saved in checkpoints with the balancer's ``state_dict``."""
-        return self.generator.get_state()
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.generator.set_state(state)
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        key = f"{prefix}_extra_state"
-        if key in missing_keys:  # a checkpoint from before PCGrad had a generator: keep the seeded one
-            missing_keys.remove(key)
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, seed={self.seed}"

@@ -27,15 +27,19 @@ class UPGrad(GradientAggregation):
         tasks: task names (passed in by the recipe).
         mode: ``representation`` or ``parameters`` (see :class:`GradientAggregation`).
         norm_eps: below this squared Frobenius norm (the Gramian's trace) the gradients count as
-            zero and the weights are the mean's, as in torchjd. An absolute threshold: gradients
-            that small in every task are not aggregated.
+            zero and the weights are the mean's, as with torchjd's ``norm_eps``. The threshold is
+            absolute, so it breaks scale equivariance (``agg(s J) = s agg(J)``): at torchjd's 1e-4,
+            the former default, gradients scaled by 1e-3 (a loss weight, a large batch, late
+            training) got the plain mean, conflicts included. The default 0 turns it off: the
+            solver works on cosines, so small gradients need no threshold, and all-zero ones get
+            the mean's weights anyway (their update is 0).
         reg_eps: added to the diagonal of the Gramian of unit gradients (the cosines) so that the
             QP is strictly convex for quadprog; the answer is then solved again without it on the
             active constraints quadprog found (other ridges are tried if that fails), so it does
             not perturb the answer.
     """
 
-    def __init__(self, tasks: list[str], mode: str = "representation", norm_eps: float = 1e-4,
+    def __init__(self, tasks: list[str], mode: str = "representation", norm_eps: float = 0.0,
                  reg_eps: float = 1e-4) -> None:
         super().__init__(tasks, mode)
         check_number("norm_eps", norm_eps)

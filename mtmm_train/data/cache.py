@@ -5,14 +5,17 @@ fraction of a second. The key hashes the manifest's bytes together with every se
 changes the tensors (readers, splits; the seed only where it draws the split) and the path, size
 and modification time of every file the manifest names, so editing any of them builds a new
 entry. Entries are compact (images ``uint8``) and written atomically (a temporary file, fsync,
-rename), so a reader never sees half an entry.
+rename), so a reader never sees half an entry. A hit sets the entry's modification time to now, so
+that ``mtmm-cache`` (:mod:`mtmm_train.cache_cli`) can tell when it was last used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,8 @@ def load_cached(path: Path, mmap: bool = False) -> MultiModalData | None:
     except Exception as e:  # a truncated or foreign file: rebuild rather than fail
         log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", path, str(e).splitlines()[0][:120])
         return None
+    with contextlib.suppress(OSError):  # "last used", for mtmm-cache prune (a read-only cache is fine)
+        os.utime(path)
     modalities = {d["name"]: ModalitySpec(d["name"], tuple(d["shape"]), d["kind"], d["vocab_size"],
                                           d.get("info") or {})
                   for d in payload["modalities"]}
