@@ -74,9 +74,11 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_mid_epoch_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path,
+@pytest.mark.parametrize("balancer", [[], ["balancer=rlw"]], ids=["default", "rlw"])  # rlw: its own generator
+def test_resume_mid_epoch_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path, balancer: list[str],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    overrides = ["trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1", "model.modality_dropout=0.3"]
+    overrides = ["trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=1", "model.modality_dropout=0.3",
+                 *balancer]
     full = train(tmp_path / "full", overrides)
 
     # Kill the second run right after the checkpoint of step 4 (in the middle of epoch 2).
