@@ -106,6 +106,16 @@ def build_tasks(data: MultiModalData) -> dict[str, Task]:
     return {name: TASK_TYPES[spec.kind](spec) for name, spec in data.tasks.items()}
 
 
+def can_be_absent(cfg: DictConfig, data: MultiModalData, modality: str) -> bool:
+    """Whether a training batch may lack ``modality`` in some row: the training split has rows without it,
+    or ``model.modality_dropout`` drops modalities (True also when the data has no training split here, as
+    when ``mtmm-predict`` builds a model from a checkpoint's schema: then it only evaluates)."""
+    train = data.splits.get("train")
+    if train is None or float(cfg.model.get("modality_dropout") or 0.0) > 0.0:
+        return True
+    return not bool(train.present[modality].all())
+
+
 def build_model(cfg: DictConfig, data: MultiModalData, tasks: dict[str, Task], init: bool = True) -> MultiModalModel:
     """Encoders -> fusion -> MTL architecture -> heads, each one's input size taken from the one before.
 
@@ -125,6 +135,8 @@ def build_model(cfg: DictConfig, data: MultiModalData, tasks: dict[str, Task], i
         node, tuning = finetune.split(cfg.model.encoders[m], key)
         encoders[m] = build(node, key, modality=spec)
         finetune.apply(encoders[m], tuning, key, m, init=init)
+        if getattr(encoders[m], "uses_presence", False) and not can_be_absent(cfg, data, m):
+            encoders[m].uses_presence = False  # nothing to mask: the plain, fused BatchNorm is ~1.5x faster
     fusion = build(cfg.fusion, "fusion", in_dims={m: e.out_dim for m, e in encoders.items()})
     mtl = build(cfg.mtl, "mtl", in_dim=fusion.out_dim, tasks=list(tasks))
     heads = {t: build(cfg.model.heads[t], f"model.heads.{t}", in_dim=mtl.out_dim, out_dim=task.out_dim)

@@ -12,6 +12,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from mtmm_train import distributed, fileio, runlock
+from mtmm_train.commands import hydra_write_failure, mark_task_error
 from mtmm_train.config import Refused, remove_created_run_folder
 from mtmm_train.errors import UserError
 from mtmm_train.recipe import NoFiniteMonitor, Preempted, TrainRecipe
@@ -76,8 +77,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     except Exception as e:
         fault = fileio.fault_in(e)
         if fault is None:
-            global _task_error
-            _task_error = e  # not Hydra's: main() leaves it alone
+            mark_task_error(e)  # not Hydra's: main() passes it on as it is
             raise
         # The disk filled up or went read-only mid-run: every file is written atomically, so
         # what was written before is intact (checkpoint.save replaces last.pt only when complete).
@@ -85,9 +85,6 @@ def _hydra_main(cfg: DictConfig) -> float:
               "before are intact: make room (or fix the mount), then continue with trainer.resume=auto in the same "
               "hydra.run.dir", file=sys.stderr)
         sys.exit(EXIT_FAULT)
-
-
-_task_error: BaseException | None = None  # the last error of the training itself (main() tells it from Hydra's)
 
 
 def main() -> None:
@@ -108,13 +105,13 @@ def main() -> None:
         print(f"mtmm-train: error: {hydra_error_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except Exception as e:
-        # Hydra's own writes (the run folder, .hydra/, the log file) failed: with a primary config
-        # without the run-folder callback, or a sweep's job folder.
-        fault = fileio.os_error_in(e)
-        if e is _task_error or fault is None or fault.errno not in fileio.FAULT_ERRNOS:
+        # Hydra's own writes (the run folder, .hydra/, the log file) failed: a full disk, or with a
+        # primary config without the run-folder callback, or a sweep's job folder.
+        failure = hydra_write_failure(e)
+        if failure is None:
             raise
-        print(f"mtmm-train: error: cannot write {fileio.explain(fault, runlock.last_folder())}; pass "
-              "hydra.run.dir=<a writable folder> (hydra.sweep.dir with -m)", file=sys.stderr)
+        print(f"mtmm-train: error: {failure}; pass hydra.run.dir=<a writable folder> (hydra.sweep.dir with -m)",
+              file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     finally:
         runlock.release_all()

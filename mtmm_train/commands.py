@@ -1,10 +1,16 @@
-"""The ``key=value`` command lines of ``mtmm-predict`` and ``mtmm-export``: settings onto a dataclass,
-and the one-line errors and exit statuses every mtmm-train command shares (2: bad input, 1: a write failed)."""
+"""The ``key=value`` command lines of ``mtmm-predict``, ``mtmm-export`` and ``mtmm-cache``: settings onto a
+dataclass, and the one-line errors and exit statuses every mtmm-train command shares (2: bad input, 1: a
+write failed); and, for the Hydra commands (``mtmm-train``, ``mtmm-eval``), how a failure of Hydra's own
+writes is told from an error of the command itself (:func:`mark_task_error`, :func:`hydra_write_fault`)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import difflib
 import logging
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -45,8 +51,74 @@ def parse(args: list[str], schema: type, name: str, required: tuple[str, ...], e
         key = str(getattr(e, "full_key", None) or getattr(e, "key", None) or "?")
         first = str(e).splitlines()[0]
         if "Key '" in first and "not in" in first:
-            raise UserError(f"unknown setting '{key}'; the settings are {', '.join(settings)}") from None
+            raise UserError(unknown_setting(key, schema)) from None
         raise UserError(f"{key}: {first}") from None
+
+
+def unknown_setting(key: str, schema: type) -> str:
+    """The message for a setting ``schema`` does not have: ``unknown setting 'splt'; did you mean 'split'? the
+    settings are ...``; for a nested one (``dataset.manifst``), the closest and the settings of its group.
+
+    Args:
+        key: the unknown setting, dotted (``dataset.manifst``).
+        schema: the settings' dataclass.
+    """
+    parts, group = key.split("."), schema
+    for depth, part in enumerate(parts):
+        names = [f.name for f in fields(group)]
+        prefix = ".".join(parts[:depth])
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            dotted = [f"{prefix}.{n}" if prefix else n for n in names]
+            hint = f"did you mean '{dotted[names.index(close[0])]}'? " if close else ""
+            where = f" of {prefix}" if prefix else ""
+            return f"unknown setting '{key}'; {hint}the settings{where} are {', '.join(dotted)}"
+        inner = typing.get_type_hints(group).get(part)
+        if not dataclasses.is_dataclass(inner):
+            break
+        group = inner
+    return f"unknown setting '{key}'; the settings are {', '.join(f.name for f in fields(schema))}"
+
+
+TASK_ERROR = "_mtmm_task_error"  # the attribute that marks an exception as the command's own, not Hydra's
+
+
+def mark_task_error(e: BaseException) -> None:
+    """Mark ``e`` as raised by the command itself (inside Hydra's task function), so that the entry point
+    passes it on as it is rather than reading it as a failure of Hydra's own writes.
+
+    The mark is on the exception, not in a module-level variable: nothing carries over from one call
+    (or one job of a sweep, where Hydra raises the first failed job's error after running them all) to
+    the next, and the mark survives the pickling of a launcher that runs jobs in other processes.
+    """
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__: left unmarked
+        setattr(e, TASK_ERROR, True)
+
+
+def hydra_write_fault(e: BaseException) -> OSError | None:
+    """The filesystem fault behind ``e`` when Hydra's own writes failed (the run folder, ``.hydra/*.yaml``,
+    the job's ``.log``: a full disk, a read-only folder, ...), before or around the command's code; else None
+    (``e`` is the command's own error, see :func:`mark_task_error`, or not a filesystem fault)."""
+    if getattr(e, TASK_ERROR, False):
+        return None
+    fault = fileio.os_error_in(e)
+    return fault if fault is not None and fault.errno in fileio.FAULT_ERRNOS else None
+
+
+def hydra_write_failure(e: BaseException) -> str | None:
+    """``cannot write <what>: <why>`` when Hydra's own writes failed (:func:`hydra_write_fault`), after
+    removing the run folder if this command created it and it holds only Hydra's files; else None.
+    The commands' ``main`` end the line with their own remedy."""
+    fault = hydra_write_fault(e)
+    if fault is None:
+        return None
+    from mtmm_train import runlock
+    from mtmm_train.config import remove_created_run_folder
+
+    folder = runlock.last_folder()
+    if folder is not None:
+        remove_created_run_folder(folder)  # a folder this command created, with Hydra's files only
+    return f"cannot write {fileio.explain(fault, folder)}"
 
 
 def run_command(name: str, command: Callable[[Any], Any], schema: type, required: tuple[str, ...], example: str,

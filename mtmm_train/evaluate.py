@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from mtmm_train import builders, evaluation, fileio, runlock
 from mtmm_train import checkpoint as ckpt
+from mtmm_train.commands import hydra_write_failure, mark_task_error
 from mtmm_train.config import (
     TrainerConfig,
     check_seed,
@@ -444,6 +445,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except Exception as e:
         fault = fileio.fault_in(e)  # the disk filled up (or went read-only) while writing the results
         if fault is None:
+            mark_task_error(e)  # not Hydra's: main() passes it on as it is
             raise
         print(f"mtmm-eval: error: cannot write {fileio.explain(fault)}; the files there from before are intact: "
               "make room, or pass hydra.run.dir=<another folder> for the results", file=sys.stderr)
@@ -463,6 +465,15 @@ def main() -> None:
         from mtmm_train.cli import hydra_error_line
 
         print(f"mtmm-eval: error: {override_error_line(e, EvalConfig) or hydra_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        # Hydra's own writes into the output folder (.hydra/*.yaml, the log file) failed, before the
+        # evaluation started: the disk is full or read-only. The results there from before are untouched.
+        failure = hydra_write_failure(e)
+        if failure is None:
+            raise
+        print(f"mtmm-eval: error: {failure}; make room, or pass hydra.run.dir=<a writable folder> for the results",
+              file=sys.stderr)
         sys.exit(2)
     finally:
         runlock.release_all()

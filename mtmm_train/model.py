@@ -85,7 +85,9 @@ class MultiModalModel(nn.Module):
         """Encode every modality; apply the missing-modality policy.
 
         A modality in :attr:`precomputed` is taken as it is. An encoder that skips absent rows
-        (:func:`skips_absent`: backbones) sees only the present rows (:func:`encode_present`).
+        (:func:`skips_absent`: backbones) sees only the present rows (:func:`encode_present`); otherwise an
+        encoder that declares ``uses_presence`` (``cnn``, ``conv1d``: BatchNorm statistics of the present rows)
+        gets the modality's mask, ``present[m]`` (after modality dropout), as its second argument.
         """
         tokens = self.fusion.wants_tokens
         embs = {}
@@ -95,7 +97,8 @@ class MultiModalModel(nn.Module):
             elif skips_absent(enc) and not torch.compiler.is_compiling():
                 embs[m] = encode_present(enc, inputs[m], present[m], tokens)
             else:
-                embs[m] = enc.tokens(inputs[m]) if tokens else enc(inputs[m])
+                args = (inputs[m], present[m]) if getattr(enc, "uses_presence", False) else (inputs[m],)
+                embs[m] = enc.tokens(*args) if tokens else enc(*args)
         if self.missing == "learned":
             for m in embs:
                 mask = present[m].view(-1, *([1] * (embs[m].dim() - 1)))

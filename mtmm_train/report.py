@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import fnmatch
 import io
 import json
@@ -578,6 +579,26 @@ def report(folder: Path, patterns: list[str] | None = None, which: str = "best",
     return table + note
 
 
+def unknown_argument(arg: str, parser: argparse.ArgumentParser) -> str:
+    """The message for an argument ``mtmm-report`` does not take: a misspelt option, a ``key=value`` setting
+    as the other commands take them (``splt=val``: ``did you mean --split val?``), or a second folder.
+
+    Args:
+        arg: the first argument the parser did not recognise.
+        parser: the command's parser (its ``--`` options are listed).
+    """
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    name, sep, value = arg.lstrip("-").partition("=")
+    if not arg.startswith("-") and not sep:  # a word, not an option: a second folder
+        close, hint = [], "it takes one multirun folder; "
+    else:
+        close, hint = difflib.get_close_matches(f"--{name.replace('_', '-')}", options, n=1) if name else [], ""
+    if close:
+        hint = f"did you mean {close[0]}{f' {value}' if value else ''}? "
+    form = " (written --option value, not key=value)" if sep and not arg.startswith("-") else ""
+    return f"unknown argument '{arg}'; {hint}the options are {', '.join(options)}{form}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     parser = argparse.ArgumentParser(prog="mtmm-report", description=__doc__.splitlines()[0])
@@ -599,7 +620,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="glob patterns of the metrics Delta_m averages (default: the first metric of each task)")
     parser.add_argument("--ignore-settings", nargs="+", default=[], metavar="KEY",
                         help="settings (or groups) not compared when matching baselines, e.g. balancer mtl")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would print its usage and "unrecognized arguments": one line instead, with the closest
+        print(f"mtmm-report: error: {unknown_argument(extra[0], parser)}", file=sys.stderr)
+        sys.exit(2)
     try:
         print(report(args.folder, args.metrics, args.which, args.plot, args.out, args.baselines, args.delta_metrics,
                      args.split, args.ignore_settings))

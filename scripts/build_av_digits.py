@@ -22,7 +22,19 @@ from mtmm_train.instantiate import build
 
 
 def main(overrides: list[str]) -> int:
-    """Build the clips and the dataset for ``overrides``; print what was built and where."""
+    """Build the clips and the dataset for ``overrides``; print what was built and where.
+
+    ``-h``/``--help`` prints the usage (this module's docstring) and builds nothing; any other argument
+    that starts with ``-`` is refused in one line (exit 2): the arguments are a run's overrides.
+    """
+    if any(a in ("-h", "--help") for a in overrides):
+        print(f"usage: python scripts/build_av_digits.py [override ...]\n\n{__doc__.strip()}")
+        return 0
+    option = next((a for a in overrides if a.startswith("-")), None)
+    if option is not None:
+        print(f"build_av_digits: error: unknown option '{option}'; the arguments are overrides of a run "
+              "(key=value, e.g. dataset.speeds=[120,200] seed=1); see --help", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with initialize_config_module(config_module="mtmm_train.configs", version_base="1.3"):
         cfg = compose(config_name="train", overrides=["dataset=av_digits", *overrides])

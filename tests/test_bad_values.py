@@ -217,6 +217,10 @@ class Command:
 COMMANDS = [
     Command("eval_misspelt_setting", ["splt=val"], 2, r"^mtmm-eval: error: unknown setting 'splt'; did you mean "
             r"'split'\? the settings are checkpoint, split, device,", "mtmm_train.evaluate"),
+    Command("predict_misspelt_nested_setting", ["checkpoint=data/x.pt", "dataset.manifst=data/m.csv"], 2,
+            r"^mtmm-predict: error: unknown setting 'dataset\.manifst'; did you mean 'dataset\.manifest'\? the "
+            r"settings of dataset are dataset\.manifest, dataset\.format, dataset\.delimiter, dataset\.encoding$",
+            "mtmm_train.predict"),
     Command("eval_bad_list_value", ["checkpoint=data/x.pt", "noise=[abc]"], 2, r"^mtmm-eval: error: noise must be a "
             r"list of numbers, found \[abc\]; e\.g\. noise=\[0\.25,0\.5,1\.0,2\.0\]$", "mtmm_train.evaluate",
             ["data/eval"]),
@@ -294,3 +298,31 @@ def test_a_large_sweep_checks_each_value_once_under_hydras_job_numbers() -> None
         for label, overrides in jobs:
             num = int(re.match(r"job (\d+) \(", label).group(1))
             assert hydra_jobs[num] == overrides, (label, overrides)
+
+
+# ---------------------------------------------------------------------- a misspelt setting of every command
+@pytest.mark.parametrize(("command", "args", "expected"), [
+    ("export", ["checkpoint=x.pt", "outptu=m.onnx"], "mtmm-export: error: unknown setting 'outptu'; did you mean "
+     "'output'? the settings are checkpoint, output, batch_size, dynamic_batch, atol, allow_foreign_targets"),
+    ("predict", ["checkpoint=x.pt", "splt=val"], "mtmm-predict: error: unknown setting 'splt'; the settings are "
+     "checkpoint, dataset, output, id_column, chunk_rows, device, batch_size, allow_foreign_targets"),  # none close
+    ("cache", ["list", "dri=/tmp"], "mtmm-cache: error: unknown setting 'dri'; did you mean 'dir'? the settings are "
+     "dir, kind"),
+    ("report", ["sweep", "splt=val"], "mtmm-report: error: unknown argument 'splt=val'; did you mean --split val? the "
+     "options are --metrics, --split, --which, --plot, --out, --baselines, --delta-metrics, --ignore-settings (written "
+     "--option value, not key=value)"),
+    ("report", ["sweep", "--splt", "val"], "mtmm-report: error: unknown argument '--splt'; did you mean --split? the "
+     "options are --metrics, --split, --which, --plot, --out, --baselines, --delta-metrics, --ignore-settings"),
+    ("report", ["sweep", "other"], "mtmm-report: error: unknown argument 'other'; it takes one multirun folder; the "
+     "options are --metrics, --split, --which, --plot, --out, --baselines, --delta-metrics, --ignore-settings"),
+], ids=["export", "predict_none_close", "cache", "report_key_value", "report_option", "report_second_folder"])
+def test_a_misspelt_setting_is_one_line_with_the_closest(command: str, args: list[str], expected: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    module = importlib.import_module({"cache": "mtmm_train.cache_cli"}.get(command, f"mtmm_train.{command}"))
+    with pytest.raises(SystemExit) as info:
+        module.main(args)
+    assert info.value.code == 2
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [expected] and out.out == ""

@@ -43,11 +43,11 @@ class Counter:
         for name in ("forward", "tokens"):
             original = getattr(encoder, name)
 
-            def counted(x: torch.Tensor, _original: Any = original) -> torch.Tensor:
+            def counted(x: torch.Tensor, *present: Any, _original: Any = original) -> torch.Tensor:
                 self.calls += 1
                 self.rows += x.shape[0]
                 self.zero_rows += int((x.flatten(1) == 0).all(1).sum())
-                return _original(x)
+                return _original(x, *present)  # the mask, for an encoder that uses_presence
 
             setattr(encoder, name, counted)
 

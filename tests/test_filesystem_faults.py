@@ -30,11 +30,13 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 # Runs a CLI's main() (argv[1], "module:function") with the rest of argv, on a disk that is full
 # for the files whose temporary name starts with "." + $MTMM_FULL_FILE + ".": the first write of
-# more than $MTMM_FULL_AFTER bytes in total raises ENOSPC, as write(2) does on a full disk.
+# more than $MTMM_FULL_AFTER bytes in total raises ENOSPC, as write(2) does on a full disk. A
+# $MTMM_FULL_FILE with a "/" (".hydra/config.yaml") is a file that others than the project write
+# with a plain open() (Hydra's own): the path of a file opened for writing ends with it.
 FULL_DISK = r"""
-import errno, importlib, os, sys, tempfile
+import builtins, errno, importlib, os, sys, tempfile
 target, limit = "." + os.environ["MTMM_FULL_FILE"] + ".", int(os.environ["MTMM_FULL_AFTER"])
-mkstemp, fdopen, names = tempfile.mkstemp, os.fdopen, {}
+mkstemp, fdopen, open_, names = tempfile.mkstemp, os.fdopen, builtins.open, {}
 
 def named_mkstemp(*args, **kwargs):
     fd, name = mkstemp(*args, **kwargs)
@@ -60,7 +62,14 @@ def full_fdopen(fd, *args, **kwargs):
     f = fdopen(fd, *args, **kwargs)
     return FullDisk(f) if names.get(fd, "").startswith(target) else f
 
+def full_open(file, mode="r", *args, **kwargs):
+    f = open_(file, mode, *args, **kwargs)
+    written = any(c in mode for c in "wax+")
+    return FullDisk(f) if written and str(file).endswith(os.sep + os.environ["MTMM_FULL_FILE"]) else f
+
 tempfile.mkstemp, os.fdopen = named_mkstemp, full_fdopen
+if "/" in os.environ["MTMM_FULL_FILE"]:
+    builtins.open = full_open
 module, function = sys.argv[1].split(":")
 sys.argv = [module, *sys.argv[2:]]
 getattr(importlib.import_module(module), function)()
@@ -280,6 +289,48 @@ def test_a_full_disk_mid_run_is_one_line_and_the_earlier_files_survive(tmp_path:
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3
 
 
+# ---------------------------------------------------------------------- a full disk when Hydra writes
+HYDRA_FULL = "the disk is full; pass hydra.run.dir=<a writable folder> (hydra.sweep.dir with -m)"
+
+
+def test_a_full_disk_when_hydra_writes_the_run_folder_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
+    # Hydra writes .hydra/config.yaml with a plain open() before the run's code starts.
+    run = tmp_path / "runs" / "new"
+    proc = on_a_full_disk("mtmm_train.cli:main", [f"hydra.run.dir={run}", *TINY], tmp_path, ".hydra/config.yaml",
+                          after=0)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert one_error_line(proc) == f"mtmm-train: error: cannot write in '{run}': {HYDRA_FULL}"
+    assert not (tmp_path / "runs").exists()  # the folders this command created, with Hydra's files only
+
+
+# Each job of a sweep fails with an error of its own (not of the filesystem's state, though it carries an
+# errno that a failed write of Hydra's could have): the basic launcher runs both, then raises job 0's.
+FAILING_JOBS = r"""
+import errno, sys
+from mtmm_train import cli
+
+def run(cfg):
+    raise PermissionError(errno.EACCES, f"job {cfg.seed} cannot read", "/nowhere/input")
+
+cli.run = run
+sys.argv = ["mtmm-train", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_a_sweep_job_error_is_not_taken_for_a_failed_write_of_hydras(tmp_path: Path) -> None:
+    # A job's own error is marked on the exception itself: a module-level "last error" held job 1's
+    # error when Hydra raised job 0's, which then read as Hydra's own write failing (exit 2, one line).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", FAILING_JOBS, "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                           "seed=0,1", *TINY], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=HANG_GUARD_S)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "cannot write" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().endswith("PermissionError: [Errno 13] job 0 cannot read: '/nowhere/input'"), \
+        proc.stderr[-3000:]
+
+
 # ---------------------------------------------------------------------- mtmm-eval
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -325,6 +376,30 @@ def test_a_full_disk_while_mtmm_eval_writes_keeps_the_earlier_results(trained: P
     assert (out / "robustness.json").read_bytes() == earlier  # still the earlier, valid, file
     json.loads(earlier)
     assert no_temporaries(out)
+
+
+def test_a_full_disk_when_hydra_writes_mtmm_evals_folder_keeps_the_earlier_results(trained: Path,
+                                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [f"checkpoint={trained}", *EVAL_FAST]
+    proc = run_cli([*args, f"hydra.run.dir={out}"], cwd=tmp_path, module="mtmm_train.evaluate", env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def results() -> dict[str, str]:  # all but Hydra's own files, which Hydra rewrites (.hydra/, the .log)
+        return {k: v for k, v in snapshot(out).items() if not k.startswith(".hydra") and not k.endswith(".log")}
+
+    earlier = results()
+    assert "robustness.json" in earlier and "metrics.json" in earlier
+    new = tmp_path / "new" / "eval"
+    for folder in (out, new):  # there from before; to be created
+        proc = on_a_full_disk("mtmm_train.evaluate:main", [*args, f"hydra.run.dir={folder}"], tmp_path,
+                              ".hydra/config.yaml", after=0)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert one_error_line(proc, "mtmm-eval") == (f"mtmm-eval: error: cannot write in '{folder}': the disk is full; "
+                                                     "make room, or pass hydra.run.dir=<a writable folder> for the "
+                                                     "results")
+    assert results() == earlier  # byte for byte, and no lock file or temporary left
+    assert not (tmp_path / "new").exists()
 
 
 # ---------------------------------------------------------------------- mtmm-report
@@ -416,3 +491,26 @@ def test_atomic_write_keeps_the_old_file_and_no_temporary_on_any_failure(tmp_pat
     assert path.read_bytes() == good and no_temporaries(tmp_path)
     fileio.write_json(tmp_path / "m.json", {"x": float("nan")})
     assert (tmp_path / "m.json").read_text() == '{\n  "x": NaN\n}'
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o002], ids=["umask_077", "umask_002"])
+def test_written_files_get_the_mode_a_plain_open_would(umask: int, tmp_path: Path) -> None:
+    """0666 less the umask (mkstemp's 0600 is not kept); a file replaced keeps its own mode."""
+    import stat
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    old = os.umask(umask)
+    try:
+        run = tmp_path / "run"
+        train(run, ["logger=none"])  # every file a training run writes: checkpoints, metrics.json
+        fileio.write_text(run / "notes" / "a.md", "x")  # a folder it creates too
+        written = sorted(p for p in run.rglob("*") if p.is_file())
+        assert {"best.pt", "last.pt", "metrics.json", "a.md"} <= {p.name for p in written}
+        assert {p.name: oct(mode(p)) for p in written} == {p.name: oct(0o666 & ~umask) for p in written}
+        (run / "metrics.json").chmod(0o640)
+        fileio.write_json(run / "metrics.json", {"replaced": True})
+        assert mode(run / "metrics.json") == 0o640 and json.loads((run / "metrics.json").read_text())["replaced"]
+    finally:
+        os.umask(old)

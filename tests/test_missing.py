@@ -186,7 +186,7 @@ def test_a_training_step_without_the_modality_in_any_row(tmp_path: Path) -> None
 
     # The same step with zeros in place of the image encoder's output.
     image.skip_absent = False
-    image.forward = lambda x: x.new_zeros((x.shape[0], image.out_dim))
+    image.forward = lambda x, present=None: x.new_zeros((x.shape[0], image.out_dim))  # cnn: uses_presence
     torch.manual_seed(0)
     with torch.no_grad():
         preds, _ = model(batch.inputs, batch.present)

@@ -1,5 +1,6 @@
 """The command-line scripts in scripts/: each imports the package only (never another script, never a
-sys.path edit), and each loads as a module (its imports resolve)."""
+sys.path edit), each loads as a module (its imports resolve), and each prints its usage for --help
+without doing any work."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import importlib.util
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,37 @@ def test_a_script_loads_as_a_module(path: Path, monkeypatch: pytest.MonkeyPatch)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert callable(module.main)
+
+
+def test_every_script_prints_its_usage_for_help_and_does_nothing_else(tmp_path: Path) -> None:
+    """``python scripts/<x>.py --help``: exit 0 and a usage on stdout, no traceback, and nothing written
+    (in the folder it runs in, or the dataset cache); nothing may download. Two at a time: each is mostly
+    the import of torch."""
+    cache = tmp_path / "cache"
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MTMM_CACHE_DIR": str(cache)}
+
+    def help_of(path: Path) -> tuple[Path, object]:
+        cwd = tmp_path / path.stem
+        cwd.mkdir()
+        return cwd, run_cli([str(path), "--help"], cwd=cwd, module="", timeout=120, env=env)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(SCRIPTS, pool.map(help_of, SCRIPTS), strict=True))
+    for path, (cwd, proc) in results.items():
+        assert proc.returncode == 0, (path.name, proc.stderr[-2000:])
+        assert proc.stdout.startswith("usage:") and path.name in proc.stdout.splitlines()[0], (path.name, proc.stdout)
+        assert "Traceback" not in proc.stderr, (path.name, proc.stderr[-2000:])
+        assert list(cwd.iterdir()) == [], (path.name, sorted(p.name for p in cwd.rglob("*")))
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_build_av_digits_refuses_an_option_in_one_line(tmp_path: Path) -> None:
+    proc = run_cli([str(ROOT / "scripts" / "build_av_digits.py"), "--speeds", "120"], cwd=tmp_path, module="",
+                   env={"MTMM_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "build_av_digits: error: unknown option '--speeds'; the arguments are overrides " \
+                                  "of a run (key=value, e.g. dataset.speeds=[120,200] seed=1); see --help"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_mtl_evidence_sweeps_every_balancer() -> None:

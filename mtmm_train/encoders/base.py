@@ -20,6 +20,17 @@ class Encoder(nn.Module):
     the constructor with a :class:`~mtmm_train.errors.SettingError` (:func:`check_sizes` for
     sizes); the builder names the config key.
 
+    **Presence.** Absent rows of a batch hold zeros. An encoder whose layers must know which rows hold the
+    modality (a BatchNorm that learns from the present rows only, :mod:`mtmm_train.encoders.norm`) sets
+    :attr:`uses_presence` and accepts ``present`` (bool ``(B,)``, True where the row has the modality;
+    None, the default: every row) as an extra argument of :meth:`forward` and :meth:`tokens`. The model
+    (:meth:`MultiModalModel.embed <mtmm_train.model.MultiModalModel.embed>`) passes it the modality's mask
+    after modality dropout; every other caller (the frozen-feature cache, which encodes present rows only,
+    export, tests) may call ``forward(x)`` as for any encoder. An encoder without the flag is called with
+    ``x`` alone and keeps the one-argument signature. The builder turns the flag off on an encoder whose
+    modality no training batch can lack (:func:`mtmm_train.builders.can_be_absent`), where the plain path
+    is the same and faster.
+
     Args:
         modality: the spec of the modality this encoder reads.
         kinds: the modality kinds the encoder accepts.
@@ -42,6 +53,10 @@ class Encoder(nn.Module):
     #: cost of one host read per step (:func:`mtmm_train.model.encode_present`). None: True for a backbone
     #: encoder (``backbone`` set), False otherwise.
     skip_absent: bool | None = None
+
+    #: :meth:`forward` and :meth:`tokens` accept ``present`` (bool ``(B,)`` or None) as a second argument, and
+    #: the model passes the modality's mask (see the class docstring). False: they take ``x`` alone.
+    uses_presence: bool = False
 
     @classmethod
     def preprocessing(cls, settings: dict[str, Any]) -> Preprocessing:
