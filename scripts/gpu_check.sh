@@ -25,6 +25,13 @@
 # FILES_ROWS (2048: rows of the generated manifest), OUT (/tmp/gpu_check), GPU_CHECK_SMOKE=1: every stage
 # shrunk to tiny models on the CPU (bf16 without compile, the CPU variants of the tests), to check the
 # script itself on a machine without a GPU (5-11 minutes on 2 busy cores; BUDGET_S 900 there).
+# Settings come from the environment only: --help prints the comment above, any argument is refused.
+case "${1-}" in
+  -h|--help) sed -n '2,/^# Settings come from/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "$(basename "$0"): error: it takes no arguments, found '$1'; set its environment variables instead (--help)" >&2
+     exit 2 ;;
+esac
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 SMOKE=${GPU_CHECK_SMOKE:-0}

@@ -15,6 +15,13 @@
 # installed with --no-deps into an empty folder import hydra, torchjd, timm, transformers, peft and
 # torchvision in an isolated Python (python -I) that sees only that folder and this machine's copies of
 # the GPU image's packages.
+# Settings come from the environment only: --help prints the comment above, any argument is refused.
+case "${1-}" in
+  -h|--help) sed -n '2,/^# Settings come from/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "$(basename "$0"): error: it takes no arguments, found '$1'; set its environment variables instead (--help)" >&2
+     exit 2 ;;
+esac
 set -euo pipefail
 DEST=${DEST:-.whl}
 LIMIT_MIB=${LIMIT_MIB:-56}

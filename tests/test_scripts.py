@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,3 +105,20 @@ def test_benchmark_finetune_suite_measures_each_choice(tmp_path: Path) -> None:
     assert by["frozen+cache"]["trainable_params"] < by["full"]["trainable_params"]
     assert by["frozen+cache"]["activations_mb"] < by["full"]["activations_mb"]  # the backbones saved nothing
     assert "vs full" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "scripts").glob("*.sh")))
+def test_shell_scripts_print_their_comment_for_help_and_refuse_arguments(name: str, tmp_path: Path) -> None:
+    """``bash scripts/<x>.sh --help`` prints the header comment and does nothing else (gpu_check.sh would
+    otherwise start the GPU checks, gpu_wheels.sh a download); any argument is refused in one line."""
+    script = ROOT / "scripts" / name
+    shown = subprocess.run(["bash", str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    lines = shown.stdout.splitlines()
+    assert len(lines) > 3 and not any(line.startswith(("#", "set -", "case ")) for line in lines), shown.stdout
+    refused = subprocess.run(["bash", str(script), "--budget", "10"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == f"{name}: error: it takes no arguments, found '--budget'; set its environment " \
+                             "variables instead (--help)\n"
+    assert list(tmp_path.iterdir()) == []
