@@ -193,3 +193,22 @@ def test_the_mask_is_used_only_where_a_modality_can_be_absent(tmp_path: Path, ov
         enc = recipe.model.encoders[m]
         assert bn_layers(enc) and enc.uses_presence is masked, m
         assert bool(recipe.splits["train"].present[m].all()) is (overrides[0].endswith("0.0")), m
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["pooled", "tokens"])
+def test_a_video_encoder_hands_the_mask_to_its_frame_encoder(tokens: bool) -> None:
+    """``frames`` with a ``cnn`` per frame: the frames of absent clips count for nothing in its BatchNorm."""
+    from mtmm_train.encoders.frames import FramesEncoder
+
+    torch.manual_seed(0)
+    enc = FramesEncoder(ModalitySpec("clip", (3, 3, 8, 8), "video"), frame={
+        "_target_": "mtmm_train.encoders.cnn.CNNEncoder", "out_dim": 8, "channels": [4]}, out_dim=8).train()
+    assert enc.uses_presence and bn_layers(enc)
+    reference = copy.deepcopy(enc)
+    x, present = torch.randn(6, 3, 3, 8, 8), torch.tensor([True, False, True, True, False, True])
+    x[~present] = 0.0
+    out = enc.tokens(x, present) if tokens else enc(x, present)
+    assert out.shape == ((6, 3, 8) if tokens else (6, 8)) and torch.isfinite(out).all()
+    reference(x[present])  # a plain forward on the present clips alone
+    for got, want in zip(bn_layers(enc), bn_layers(reference), strict=True):
+        assert_same_statistics(got, want)

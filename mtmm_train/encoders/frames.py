@@ -52,6 +52,8 @@ class FramesEncoder(Encoder):
         self.out_dim, self.temporal = out_dim, temporal
         frame_spec = ModalitySpec(f"{modality.name}.frame", tuple(modality.shape[1:]), "image", info=modality.info)
         self.frame = build_frame_encoder(frame, frame_spec)
+        # A frame encoder whose BatchNorm learns from present rows only (cnn) gets the clips' mask, per frame.
+        self.uses_presence = bool(getattr(self.frame, "uses_presence", False))
         self.proj = nn.Linear(self.frame.out_dim, out_dim)
         if temporal == "transformer":
             self.pos = nn.Parameter(torch.randn(1, self.num_frames, out_dim) * 0.02)
@@ -64,12 +66,21 @@ class FramesEncoder(Encoder):
     def backbone(self) -> nn.Module | None:  # the frame encoder's pretrained network, if any
         return getattr(self.frame, "backbone", None)
 
-    def tokens(self, x: Tensor) -> Tensor:
-        """``(B, T, C, H, W)`` -> per-frame embeddings ``(B, frames, D)``."""
+    def forward(self, x: Tensor, present: Tensor | None = None) -> Tensor:
+        """``(B, T, C, H, W)`` -> ``(B, D)``: the mean of :meth:`tokens`."""
+        return self.tokens(x, present).mean(1)
+
+    def tokens(self, x: Tensor, present: Tensor | None = None) -> Tensor:
+        """``(B, T, C, H, W)`` -> per-frame embeddings ``(B, frames, D)``; ``present``: bool ``(B,)``, passed
+        on per frame to a frame encoder that uses it (None: every clip)."""
         if self.pool > 1:
             x = x[:, :: self.pool]
         b, t = x.shape[:2]
-        h = self.frame(as_unit_float(x).flatten(0, 1))  # (B * T, D_frame): all frames as one image batch
+        frames = as_unit_float(x).flatten(0, 1)  # (B * T, C, H, W): all frames as one image batch
+        if present is not None and getattr(self.frame, "uses_presence", False):
+            h = self.frame(frames, present.repeat_interleave(t))
+        else:
+            h = self.frame(frames)
         h = self.proj(h).view(b, t, self.out_dim)
         if self.temporal == "transformer":
             h = self.norm(self.layers(h + self.pos[:, :t]))
