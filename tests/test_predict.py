@@ -74,36 +74,31 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained on a manifest with image, text and numeric inputs and all four task kinds."""
     root = tmp_path_factory.mktemp("predict")
     manifest = write(root / "train.csv", rows(root, 60))
+    return train_on_manifest(root, manifest, ["image", "caption", "tabular"],
+                             {"colour": "label", "odd": "binary", "tags": "multilabel", "y": "regression"},
+                             "  image: {size: [6, 6]}\n  tabular: {columns: [a, b]}")
+
+
+# modality -> (its reader config, its encoder config)
+READ_AND_ENCODE = {"image": ("image", "cnn"), "caption": ("text", "embedding_bag"), "tabular": ("numeric", "mlp")}
+
+
+def train_on_manifest(root: Path, manifest: Path, modalities: list[str], tasks: dict[str, str], settings: str,
+                      overrides: tuple[str, ...] = ()) -> Path:
+    """Train a tiny model (2 epochs) on ``manifest`` through a dataset config ``root/conf/dataset/mine.yaml``:
+    ``modalities`` (:data:`READ_AND_ENCODE`), ``tasks`` (name -> target config) with linear heads, and the
+    readers' ``settings`` (YAML under ``modalities:``). Returns its ``best.pt``."""
+    defaults = [f"/reader@modalities.{m}: {READ_AND_ENCODE[m][0]}" for m in modalities]
+    defaults += [f"/target@tasks.{t}: {target}" for t, target in tasks.items()]
+    defaults += [f"/encoder@_global_.model.encoders.{m}: {READ_AND_ENCODE[m][1]}" for m in modalities]
+    defaults += [f"/head@_global_.model.heads.{t}: linear" for t in tasks]
     conf = root / "conf" / "dataset"
     conf.mkdir(parents=True)
-    (conf / "mine.yaml").write_text(f"""
-defaults:
-  - files
-  - /reader@modalities.image: image
-  - /reader@modalities.caption: text
-  - /reader@modalities.tabular: numeric
-  - /target@tasks.colour: label
-  - /target@tasks.odd: binary
-  - /target@tasks.tags: multilabel
-  - /target@tasks.y: regression
-  - /encoder@_global_.model.encoders.image: cnn
-  - /encoder@_global_.model.encoders.caption: embedding_bag
-  - /encoder@_global_.model.encoders.tabular: mlp
-  - /head@_global_.model.heads.colour: linear
-  - /head@_global_.model.heads.odd: linear
-  - /head@_global_.model.heads.tags: linear
-  - /head@_global_.model.heads.y: linear
-  - _self_
-manifest: {manifest}
-split_column: fold
-cache: false
-num_workers: 0
-modalities:
-  image: {{size: [6, 6]}}
-  tabular: {{columns: [a, b]}}
-""")
+    (conf / "mine.yaml").write_text("defaults:\n  - files\n" + "".join(f"  - {d}\n" for d in defaults)
+                                    + f"  - _self_\nmanifest: {manifest}\nsplit_column: fold\ncache: false\n"
+                                    f"num_workers: 0\nmodalities:\n{settings}\n")
     cfg = compose_cfg([f"hydra.searchpath=[file://{root / 'conf'}]", "dataset=mine", "trainer.max_epochs=2",
-                       "trainer.batch_size=8", "logger=none"])
+                       "trainer.batch_size=8", "logger=none", *overrides])
     recipe = TrainRecipe(cfg, root / "run")
     recipe.setup()
     recipe.train()
@@ -239,33 +234,8 @@ def text_numbers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = root / "data"
     data.mkdir()
     manifest = write(data / "train.csv", [{k: v for k, v in r.items() if k != "image"} for r in rows(data, 60)])
-    conf = root / "conf" / "dataset"
-    conf.mkdir(parents=True)
-    (conf / "mine.yaml").write_text(f"""
-defaults:
-  - files
-  - /reader@modalities.caption: text
-  - /reader@modalities.tabular: numeric
-  - /target@tasks.colour: label
-  - /target@tasks.y: regression
-  - /encoder@_global_.model.encoders.caption: embedding_bag
-  - /encoder@_global_.model.encoders.tabular: mlp
-  - /head@_global_.model.heads.colour: linear
-  - /head@_global_.model.heads.y: linear
-  - _self_
-manifest: {manifest}
-split_column: fold
-cache: false
-num_workers: 0
-modalities:
-  tabular: {{columns: ["a:b"]}}
-""")
-    cfg = compose_cfg([f"hydra.searchpath=[file://{root / 'conf'}]", "dataset=mine", "trainer.max_epochs=2",
-                       "trainer.batch_size=8", "logger=none", "trainer.test=false"])
-    recipe = TrainRecipe(cfg, root / "run")
-    recipe.setup()
-    recipe.train()
-    return root / "run" / "checkpoints" / "best.pt", data
+    return train_on_manifest(root, manifest, ["caption", "tabular"], {"colour": "label", "y": "regression"},
+                             '  tabular: {columns: ["a:b"]}', ("trainer.test=false",)), data
 
 
 def _new_rows(folder: Path) -> Path:
